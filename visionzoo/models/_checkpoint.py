@@ -1,0 +1,102 @@
+"""Safe checkpoint loading: ``torch.load(weights_only=True)`` or safetensors, never arbitrary unpickling."""
+from __future__ import annotations
+
+import pickle
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+WRAPPER_KEYS = ("state_dict", "model", "module")
+EMA_KEYS = ("state_dict_ema", "model_ema")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint could not be read, or does not fit the model."""
+
+
+def _unwrap(obj, path) -> dict[str, torch.Tensor]:
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(
+            f"{path} holds a {type(obj).__name__}, not a state dict; save model.state_dict() instead of the model"
+        )
+    for key in WRAPPER_KEYS:
+        if key in obj and isinstance(obj[key], Mapping):
+            return _unwrap(obj[key], path)
+    non_tensors = [key for key, value in obj.items() if not isinstance(value, torch.Tensor)]
+    if non_tensors:
+        raise CheckpointError(
+            f"{path} is not a state dict: entries {non_tensors[:5]} are not tensors "
+            f"(expected a mapping of parameter names to tensors, optionally under 'model' or 'state_dict')"
+        )
+    if obj and all(key.startswith("module.") for key in obj):
+        obj = {key[len("module."):]: value for key, value in obj.items()}
+    return dict(obj)
+
+
+def load_state_dict(path: str | Path, prefer_ema: bool = False) -> dict[str, torch.Tensor]:
+    """Read a state dict from ``.safetensors`` or a torch file, refusing anything but tensors and containers.
+
+    Training checkpoints wrapping the weights under ``model``/``state_dict`` (and ``module.`` prefixes
+    from DistributedDataParallel) are unwrapped; ``prefer_ema`` picks ``state_dict_ema``/``model_ema``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path), device="cpu")
+        except Exception as error:
+            raise CheckpointError(f"{path} is not a readable safetensors file: {error}") from error
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise CheckpointError(
+            f"refused to load {path}: it contains Python objects other than tensors, which could run code "
+            f"when unpickled ({str(error).splitlines()[0]}). Re-save only the weights "
+            f"(torch.save(model.state_dict(), ...)) or convert the file to safetensors."
+        ) from error
+    except (RuntimeError, EOFError, OSError) as error:
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {error}") from error
+    if prefer_ema and isinstance(obj, Mapping):
+        for key in EMA_KEYS:
+            if isinstance(obj.get(key), Mapping):
+                return _unwrap(obj[key], path)
+    return _unwrap(obj, path)
+
+
+def load_checkpoint(
+    model: nn.Module,
+    path_or_state_dict: str | Path | Mapping[str, torch.Tensor],
+    filter_fn: Callable[[dict, nn.Module], dict] | None = None,
+    strict: bool = True,
+) -> nn.Module:
+    """Load weights into ``model`` after ``filter_fn`` converts their layout; mismatches are listed by name."""
+    if isinstance(path_or_state_dict, Mapping):
+        state_dict = _unwrap(path_or_state_dict, "the state dict")
+    else:
+        state_dict = load_state_dict(path_or_state_dict)
+    if filter_fn is not None:
+        state_dict = filter_fn(state_dict, model)
+    own = model.state_dict()
+    missing = [key for key in own if key not in state_dict]
+    unexpected = [key for key in state_dict if key not in own]
+    mismatched = [
+        f"{key}: checkpoint {tuple(state_dict[key].shape)} vs model {tuple(own[key].shape)}"
+        for key in own
+        if key in state_dict and state_dict[key].shape != own[key].shape
+    ]
+    if strict and (missing or unexpected or mismatched):
+        lines = [f"checkpoint does not match {type(model).__name__}:"]
+        for title, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)):
+            if keys:
+                shown = ", ".join(keys[:10]) + (f", ... ({len(keys) - 10} more)" if len(keys) > 10 else "")
+                lines.append(f"  {len(keys)} {title}: {shown}")
+        lines.append("Check that the checkpoint is for this model and variant (e.g. vz_shvit_s1 vs vz_shvit_s2).")
+        raise CheckpointError("\n".join(lines))
+    model.load_state_dict(state_dict, strict=strict)
+    return model

@@ -1,0 +1,49 @@
+"""Creating zoo models by name, with errors that suggest the names a user probably meant."""
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+
+import timm
+from torch import nn
+
+from visionzoo.models._checkpoint import load_checkpoint
+
+ZOO_PREFIX = "vz_"
+
+
+class UnknownModelError(ValueError):
+    """No zoo model is registered under the requested name."""
+
+
+def list_models(pattern: str = "vz_*") -> list[str]:
+    """Registered zoo model names matching a shell-style pattern (``'vz_*'`` is the whole zoo)."""
+    if not pattern.startswith(ZOO_PREFIX):
+        pattern = ZOO_PREFIX + pattern
+    return timm.list_models(pattern)
+
+
+def check_model_name(name: str) -> str:
+    """Return ``name`` if it is a registered zoo model, else raise with the closest registered names."""
+    known = list_models()
+    if name in known:
+        return name
+    # Users often type timm's name for a family that the zoo also has ("shvit_s1"): compare with the prefix.
+    query = name if name.startswith(ZOO_PREFIX) else ZOO_PREFIX + name
+    close = difflib.get_close_matches(query, known, n=5, cutoff=0.5)
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    raise UnknownModelError(f"unknown model {name!r}.{hint} Run `visionzoo list` to see every zoo model.")
+
+
+def create_model(name: str, pretrained: bool = False, checkpoint_path: str | Path | None = None, **kwargs) -> nn.Module:
+    """``timm.create_model`` for zoo names, plus a checked name and an optional local checkpoint.
+
+    ``checkpoint_path`` may be in our layout or any layout the family's ``checkpoint_filter_fn``
+    converts (timm's, the official release's); it is loaded safely and strictly.
+    """
+    check_model_name(name)
+    model = timm.create_model(name, pretrained=pretrained, **kwargs)
+    if checkpoint_path is not None:
+        module = __import__(type(model).__module__, fromlist=["checkpoint_filter_fn"])
+        load_checkpoint(model, checkpoint_path, filter_fn=getattr(module, "checkpoint_filter_fn", None))
+    return model

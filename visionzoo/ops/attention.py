@@ -1,0 +1,47 @@
+"""Scaled dot-product attention with an optional additive bias or boolean mask.
+
+Shapes follow ``torch.nn.functional.scaled_dot_product_attention``: q (..., Lq, E), k (..., Lk, E),
+v (..., Lk, Ev); ``attn_bias`` broadcasts to (..., Lq, Lk) and is either added to the logits (float)
+or selects the keys a query may attend to (bool, True = attend).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from visionzoo.ops._dispatch import Op
+
+
+def sdpa_reference(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    attn_bias: torch.Tensor | None = None,
+    scale: float | None = None,
+    dropout_p: float = 0.0,
+) -> torch.Tensor:
+    """softmax(q kᵀ · scale + bias) v, written out step by step (the readable spec)."""
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    logits = (q * scale) @ k.transpose(-2, -1)
+    if attn_bias is not None:
+        if attn_bias.dtype == torch.bool:
+            logits = logits.masked_fill(~attn_bias, float("-inf"))
+        else:
+            logits = logits + attn_bias
+    weights = logits.softmax(dim=-1)
+    if dropout_p > 0.0:
+        weights = F.dropout(weights, p=dropout_p)
+    return weights @ v
+
+
+scaled_dot_product_attention = Op("scaled_dot_product_attention", sdpa_reference)
+
+
+def _torch_sdpa_supports(q, k, v, attn_bias=None, scale=None, dropout_p=0.0) -> bool:
+    # The fused kernels need matching dtypes; the math fallback inside torch handles the rest.
+    return q.dtype == k.dtype == v.dtype and (attn_bias is None or attn_bias.dtype in (torch.bool, q.dtype))
+
+
+@scaled_dot_product_attention.register("sdpa", supports=_torch_sdpa_supports)
+def _sdpa_torch(q, k, v, attn_bias=None, scale=None, dropout_p=0.0):
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias, dropout_p=dropout_p, scale=scale)
