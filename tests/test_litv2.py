@@ -243,3 +243,22 @@ def test_export_with_dynamic_sizes():
         x = torch.randn(2, 3, height, width)
         with torch.no_grad():
             torch.testing.assert_close(program.module()(x), model(x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_onnx_dynamo_export_emits_deform_conv(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    model = _tiny()
+    with torch.no_grad():
+        for stage in model.stages[1:]:
+            stage.downsample.dconv.conv_offset.weight.normal_(std=0.1)
+    x = torch.randn(1, 3, 64, 96)
+    path = tmp_path / "litv2.onnx"
+    torch.onnx.export(model, (x,), dynamo=True, opset_version=19).save(str(path))
+    assert "DeformConv" in {node.op_type for node in onnx.load(str(path)).graph.node}
+    session = ort.InferenceSession(str(path))
+    out = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(out), model(x), atol=1e-5, rtol=1e-5)

@@ -332,6 +332,7 @@ def _cfg(**kwargs) -> dict:
     return {
         "num_classes": 1000,
         "input_size": (3, 224, 224),
+        "min_input_size": (3, MIN_INPUT_SIZE, MIN_INPUT_SIZE),
         "pool_size": (7, 7),
         "crop_pct": 0.875,
         "crop_mode": "center",
