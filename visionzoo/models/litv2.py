@@ -171,7 +171,7 @@ class LITv2(nn.Module):
         )
         rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
         stages, self.feature_info, in_dim = [], [], embed_dim
-        for index, (width, depth) in enumerate(zip(widths, depths)):
+        for index, width in enumerate(widths):
             stages.append(
                 LitStage(
                     in_dim, width, index > 0, num_heads[index], window_sizes[index], attention_stages[index], alpha,
