@@ -7,6 +7,7 @@ import timm
 import torch
 
 from visionzoo.bench.flops import count_macs, count_params
+from visionzoo.layers.fuse import fuse_model
 from visionzoo.models._cards import variant_card
 from visionzoo.models._checkpoint import load_checkpoint
 from visionzoo.models.litv2 import LITv2, checkpoint_filter_fn
@@ -154,6 +155,21 @@ def test_dtm_starts_as_a_plain_strided_conv():
     expected = dtm.act(dtm.norm(plain)).permute(0, 2, 3, 1)
     with torch.no_grad():
         torch.testing.assert_close(dtm(x), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_deploy_form_folds_the_dtm_batchnorm():
+    model = _tiny()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 1.5)
+                module.weight.uniform_(0.5, 1.5)
+        x = torch.randn(2, 3, 64, 96)
+        expected = model(x)
+        fused = fuse_model(model)
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+        torch.testing.assert_close(fused(x), expected, atol=1e-5, rtol=1e-5)
 
 
 def test_classifier_and_pooling_controls():

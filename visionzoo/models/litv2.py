@@ -92,6 +92,16 @@ class DeformableTokenMerging(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.norm(self.dconv(x.permute(0, 3, 1, 2)))).permute(0, 2, 3, 1)
 
+    @torch.no_grad()
+    def fuse(self) -> nn.Module:
+        """Deploy form: fold the eval-mode BatchNorm into the deformable conv, linear in its weight and bias."""
+        if isinstance(self.norm, nn.BatchNorm2d):
+            scale = self.norm.weight / torch.sqrt(self.norm.running_var + self.norm.eps)
+            self.dconv.bias.copy_((self.dconv.bias - self.norm.running_mean) * scale + self.norm.bias)
+            self.dconv.weight.mul_(scale.view(-1, 1, 1, 1))
+            self.norm = nn.Identity()
+        return self
+
 
 class LitStage(nn.Module):
     """DTM from the previous stage's width (all stages but the first), then blocks, on (B, H, W, C) maps."""
