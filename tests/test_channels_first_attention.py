@@ -7,7 +7,9 @@ from visionzoo.ops.channels_first_attention import channels_first_attention
 
 
 @settings(max_examples=8, deadline=None)
-@given(batch=st.integers(1, 3), qk=st.integers(1, 17), dv=st.integers(1, 40), lq=st.integers(1, 50), lk=st.integers(1, 50))
+@given(
+    batch=st.integers(1, 3), qk=st.integers(1, 17), dv=st.integers(1, 40), lq=st.integers(1, 50), lk=st.integers(1, 50)
+)
 def test_channels_first_attention_sdpa_matches_reference(batch, qk, dv, lq, lk):
     q, k, v = torch.randn(batch, qk, lq), torch.randn(batch, qk, lk), torch.randn(batch, dv, lk)
     expected = channels_first_attention.reference(q, k, v, scale=0.3)

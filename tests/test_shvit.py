@@ -46,7 +46,8 @@ def test_deploy_form_matches_eval_outputs(s1):
     fused = fuse_model(s1)
     assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in fused.modules())
     # Every depthwise residual became a plain conv; the residuals left hold an FFN or the attention.
-    assert all(isinstance(m.m, (ConvNormFfn, SingleHeadSelfAttention)) for m in fused.modules() if isinstance(m, Residual))
+    residuals = [m for m in fused.modules() if isinstance(m, Residual)]
+    assert all(isinstance(m.m, (ConvNormFfn, SingleHeadSelfAttention)) for m in residuals)
     x = torch.randn(2, 3, 97, 131)
     with torch.no_grad():
         assert _relative_error(fused(x), s1(x)) < 1e-5
