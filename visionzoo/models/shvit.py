@@ -312,7 +312,7 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) 
 
 def _cfg(**kwargs: Any) -> dict[str, Any]:
     return {
-        "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": (4, 4),
+        "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": (4, 4), "min_input_size": (3, STEM_STRIDE, STEM_STRIDE),
         "crop_pct": 0.875, "interpolation": "bicubic",
         "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD,
         "first_conv": "stem.conv0.conv", "classifier": "head.linear",
