@@ -4,7 +4,15 @@ from pathlib import Path
 import pytest
 import timm
 
-from visionzoo.engine.config import CONFIGS_DIR, ConfigError, derive, find_config, load_config, parse_overrides, save_config
+from visionzoo.engine.config import (
+    CONFIGS_DIR,
+    ConfigError,
+    derive,
+    find_config,
+    load_config,
+    parse_overrides,
+    save_config,
+)
 
 # The variants listed in the spec sheets (specs/*.md, section 2) of the families with training recipes.
 SPEC_VARIANTS = {

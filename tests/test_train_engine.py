@@ -105,3 +105,10 @@ def test_randaugment_inc1_at_full_magnitude_posterizes_to_black():
     op = auto_augment.AugmentOp("PosterizeIncreasing", prob=1.0, magnitude=10)
     image = Image.new("RGB", (8, 8), (200, 100, 50))
     assert op(image).getextrema() == ((0, 0), (0, 0), (0, 0))
+
+
+def test_bf16_autocast_on_cpu_runs_matmuls_in_bf16():
+    with autocast_for(torch.device("cpu"), "bf16"):
+        assert nn.Linear(4, 2)(torch.randn(3, 4)).dtype == torch.bfloat16
+    with autocast_for(torch.device("cpu"), "auto"):
+        assert nn.Linear(4, 2)(torch.randn(3, 4)).dtype == torch.float32

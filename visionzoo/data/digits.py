@@ -15,10 +15,13 @@ from PIL import Image
 DIGITS_MAX_VALUE = 16  # the scans hold 0..16 ink counts per cell
 
 
-def make_digits(out_dir: str | Path, size: int = 32, val_fraction: float = 0.2, seed: int = 0) -> dict[str, int]:
+def make_digits(
+    out_dir: str | Path, size: int = 32, val_fraction: float = 0.2, seed: int = 0, max_per_class: int | None = None
+) -> dict[str, int]:
     """Write the digits split into train/ and val/ folders; returns the number of images per split.
 
-    The split is stratified: every class gives the same fraction of its images to val.
+    The split is stratified: every class gives the same fraction of its images to val. ``max_per_class``
+    keeps a random subset of each class (about 180 each in full) for quicker smoke runs.
     """
     try:
         from sklearn.datasets import load_digits
@@ -33,7 +36,7 @@ def make_digits(out_dir: str | Path, size: int = 32, val_fraction: float = 0.2, 
     out_dir = Path(out_dir)
     counts = {"train": 0, "val": 0}
     for label in range(10):
-        indices = rng.permutation(np.flatnonzero(digits.target == label))
+        indices = rng.permutation(np.flatnonzero(digits.target == label))[:max_per_class]
         n_val = round(len(indices) * val_fraction)
         for split, chosen in (("val", indices[:n_val]), ("train", indices[n_val:])):
             class_dir = out_dir / split / str(label)
@@ -55,10 +58,11 @@ def add_data_parser(subparsers) -> argparse.ArgumentParser:
     digits.add_argument("--size", type=int, default=32, help="side of the upsampled RGB images (default 32)")
     digits.add_argument("--val-fraction", type=float, default=0.2)
     digits.add_argument("--seed", type=int, default=0)
+    digits.add_argument("--max-per-class", type=int, help="keep at most this many images of each digit")
     return parser
 
 
 def run_data(args: argparse.Namespace) -> int:
-    counts = make_digits(args.out_dir, size=args.size, val_fraction=args.val_fraction, seed=args.seed)
+    counts = make_digits(args.out_dir, args.size, args.val_fraction, args.seed, args.max_per_class)
     print(f"wrote {counts['train']} train and {counts['val']} val images of 10 classes to {args.out_dir}")
     return 0

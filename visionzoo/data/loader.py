@@ -136,7 +136,14 @@ def eval_transform(data_config: dict):
 
 
 def create_train_loader(
-    dataset: Dataset, batch_size: int, seed: int, rank: int, world_size: int, repeats: int, workers: int, pin_memory: bool
+    dataset: Dataset,
+    batch_size: int,
+    seed: int,
+    rank: int,
+    world_size: int,
+    repeats: int,
+    workers: int,
+    pin_memory: bool,
 ) -> DataLoader:
     """Shuffled, drop-last, rank-sharded batches; ``loader.sampler.set_epoch(epoch, start)`` positions it."""
     if repeats > 0:

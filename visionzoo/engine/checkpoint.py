@@ -41,7 +41,9 @@ def rng_state() -> dict:
     version, python_words, gauss_next = random.getstate()
     bit_generator, numpy_words, numpy_pos, has_gauss, cached_gaussian = np.random.get_state()
     return {
-        "python": {"version": version, "state": torch.tensor(python_words, dtype=torch.int64), "gauss_next": gauss_next},
+        "python": {
+            "version": version, "state": torch.tensor(python_words, dtype=torch.int64), "gauss_next": gauss_next
+        },
         "numpy": {
             "bit_generator": bit_generator,
             "state": torch.from_numpy(numpy_words.astype(np.int64)),

@@ -14,7 +14,7 @@ from torch import nn
 
 from visionzoo.data.loader import create_eval_loader, create_folder_dataset, eval_transform
 from visionzoo.engine.distributed import DistInfo, all_reduce_sum, init_distributed, shutdown
-from visionzoo.models import load_checkpoint, load_state_dict
+from visionzoo.models import check_model_name, load_checkpoint, load_state_dict
 
 
 def autocast_for(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
@@ -92,7 +92,9 @@ def _checkpoint_num_classes(path: Path) -> int | None:
 def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser("eval", help="top-1/top-5/loss of a model on an ImageNet-style folder")
     parser.add_argument("model", help="registered model name, e.g. vz_shvit_s1")
-    parser.add_argument("--checkpoint", required=True, help="weights: a training checkpoint, a state dict or safetensors")
+    parser.add_argument(
+        "--checkpoint", required=True, help="weights: a training checkpoint, a state dict or safetensors"
+    )
     parser.add_argument("--data-dir", required=True, help="folder holding the split folder (a sub-folder per class)")
     parser.add_argument("--split", default="val")
     parser.add_argument("--ema", action="store_true", help="evaluate the EMA weights of a training checkpoint")
@@ -112,6 +114,8 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    if not timm.is_model(args.model):
+        check_model_name(args.model)  # raises, suggesting the closest zoo names
     info = init_distributed(args.device)
     checkpoint = Path(args.checkpoint)
     if not checkpoint.is_file():

@@ -10,9 +10,11 @@ import argparse
 import contextlib
 import math
 import os
+import random
 import time
 from pathlib import Path
 
+import numpy as np
 import timm
 import torch
 from timm.data import Mixup
@@ -44,17 +46,13 @@ from visionzoo.engine.distributed import (
 )
 from visionzoo.engine.evaluate import autocast_for, evaluate, resolve_eval_data_config
 from visionzoo.engine.logging import WandbRun, write_summary
-from visionzoo.models import create_model
+from visionzoo.models import check_model_name, create_model
 
 LAST = "last.pth"
 BEST = "best.pth"
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
-    import random
-
-    import numpy as np
-
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -66,6 +64,8 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 
 def build_model(cfg: dict) -> nn.Module:
     spec = cfg["model"]
+    if not timm.is_model(spec["name"]):
+        check_model_name(spec["name"])  # raises, suggesting the closest zoo names
     kwargs = dict(
         num_classes=spec["num_classes"], drop_rate=spec["drop_rate"], drop_path_rate=spec["drop_path_rate"],
         **spec["kwargs"],
@@ -164,7 +164,8 @@ class Trainer:
         self.val_loader = create_eval_loader(
             val_set, self.derived["batch_size"], info.rank, info.world_size, cfg["data"]["workers"], pin
         )
-        self.updates_per_epoch = len(self.train_loader.sampler.sampler) // self.derived["batch_size"] // self.derived["accum_steps"]
+        micro_batches = len(self.train_loader.sampler.sampler) // self.derived["batch_size"]
+        self.updates_per_epoch = micro_batches // self.derived["accum_steps"]
         if self.updates_per_epoch < 1:
             raise ConfigError(
                 f"an epoch holds fewer than the {self.derived['accum_steps']} micro-batches of one optimizer step; "
@@ -175,7 +176,8 @@ class Trainer:
         sched = cfg["sched"]
         self.scheduler, _ = create_scheduler_v2(
             self.optimizer, sched=sched["name"], num_epochs=train["epochs"], warmup_epochs=sched["warmup_epochs"],
-            warmup_lr=self.derived["warmup_lr"], min_lr=self.derived["min_lr"], cooldown_epochs=sched["cooldown_epochs"],
+            warmup_lr=self.derived["warmup_lr"], min_lr=self.derived["min_lr"],
+            cooldown_epochs=sched["cooldown_epochs"],
             step_on_epochs=False, updates_per_epoch=self.updates_per_epoch,
         )
         self.scheduler.step_update(0)
@@ -189,9 +191,11 @@ class Trainer:
             self.ema = ModelEmaV3(model, decay=cfg["ema"]["decay"], use_warmup=cfg["ema"]["warmup"])
         self.mixup, self.train_loss_fn = build_losses(cfg, cfg["model"]["num_classes"])
 
-        wrapped = model
+        self.ddp = None
         if info.world_size > 1:
-            wrapped = DistributedDataParallel(model, device_ids=[info.device.index] if info.device.type == "cuda" else None)
+            device_ids = [info.device.index] if info.device.type == "cuda" else None
+            self.ddp = DistributedDataParallel(model, device_ids=device_ids)
+        wrapped = self.ddp or model
         self.train_model = torch.compile(wrapped) if runtime["compile"] else wrapped
 
         self.epoch = 0
@@ -268,7 +272,8 @@ class Trainer:
             seed_everything(self.cfg["train"]["seed"] + self.info.rank + self.global_step, False)
         self.scheduler.step_update(self.global_step)
         if self.info.is_main:
-            print(f"resumed from {path}: epoch {self.epoch}, step {self.step_in_epoch} of {self.updates_per_epoch}", flush=True)
+            where = f"epoch {self.epoch}, step {self.step_in_epoch} of {self.updates_per_epoch}"
+            print(f"resumed from {path}: {where}", flush=True)
 
     # --- the loop ----------------------------------------------------------------------------------------
     def optimizer_step(self) -> None:
@@ -296,6 +301,7 @@ class Trainer:
         bar = tqdm(
             total=self.updates_per_epoch, initial=self.step_in_epoch, disable=not info.is_main,
             desc=f"epoch {self.epoch + 1}/{self.cfg['train']['epochs']}", unit="step", dynamic_ncols=True,
+            mininterval=1.0,
         )
         batches = iter(self.train_loader)
         while self.step_in_epoch < self.updates_per_epoch:
@@ -308,15 +314,17 @@ class Trainer:
                 if self.cfg["runtime"]["channels_last"]:
                     images = images.contiguous(memory_format=torch.channels_last)
                 # Only the last micro-batch of a step all-reduces gradients across ranks.
-                sync = micro == accum - 1 or not isinstance(self.train_model, DistributedDataParallel)
-                with (contextlib.nullcontext() if sync else self.train_model.no_sync()):
+                sync = micro == accum - 1 or self.ddp is None
+                with (contextlib.nullcontext() if sync else self.ddp.no_sync()):
                     with autocast_for(info.device, self.amp):
                         loss = self.train_loss_fn(self.train_model(images), targets)
                     self.scaler.scale(loss / accum).backward()
                 self.loss_sum += loss.detach().double() * len(images)
                 self.loss_count += len(images)
             if not math.isfinite(loss.item()):
-                raise FloatingPointError(f"loss is {loss.item()} at step {self.global_step}; lower optim.lr or check the data")
+                raise FloatingPointError(
+                    f"loss is {loss.item()} at step {self.global_step}; lower optim.lr or check the data"
+                )
             self.optimizer_step()
             seconds = time.perf_counter() - start_time
             img_per_s = (self.step_in_epoch - start_step) * accum * batch * info.world_size / seconds
@@ -330,7 +338,8 @@ class Trainer:
                 if info.is_main:
                     bar.write(f"saved {self.output_dir / LAST} (epoch {self.epoch}, step {self.step_in_epoch})")
         bar.close()
-        totals = all_reduce_sum(torch.stack([self.loss_sum, torch.tensor(float(self.loss_count), device=info.device, dtype=torch.float64)]), info)
+        count = torch.tensor(float(self.loss_count), device=info.device, dtype=torch.float64)
+        totals = all_reduce_sum(torch.stack([self.loss_sum, count]), info)
         seconds = time.perf_counter() - start_time
         return {
             "train_loss": (totals[0] / totals[1]).item(),
@@ -398,7 +407,8 @@ def prepare_output(output_dir: Path, resume: str | None, info: DistInfo) -> Path
         resume_path = None
         if last.is_file():
             raise ConfigError(
-                f"{output_dir} already holds a run ({last}); pass --resume auto to continue it or choose another --output"
+                f"{output_dir} already holds a run ({last}); "
+                f"pass --resume auto to continue it or choose another --output"
             )
     if info.is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -415,7 +425,9 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--data-dir", help="ImageNet-style folder with train/ and val/ (sets data.dir)")
     parser.add_argument("--output", help="run folder (sets train.output; default runs/<model>)")
     parser.add_argument("--resume", help="checkpoint to resume, or 'auto' for OUTPUT/last.pth when it exists")
-    parser.add_argument("--wandb", action="store_true", help="log to Weights & Biases (offline unless credentials are set)")
+    parser.add_argument(
+        "--wandb", action="store_true", help="log to Weights & Biases (offline unless credentials are set)"
+    )
     return parser
 
 
