@@ -110,3 +110,17 @@ def test_base_files_merge_underneath(tmp_path: Path):
     (tmp_path / "child.yaml").write_text("_base_: base.yaml\noptim: {lr: 3e-3}\n")
     cfg = load_config(tmp_path / "child.yaml")
     assert (cfg["optim"]["lr"], cfg["optim"]["weight_decay"], cfg["model"]["name"]) == (3e-3, 0.1, "a")
+
+
+def test_litv2_recipe_trains_the_deformable_offsets_at_one_percent_of_the_lr():
+    if not timm.is_model("vz_litv2_small"):
+        pytest.skip("LITv2 is not registered")
+    from visionzoo.engine.train import build_optimizer
+
+    cfg = load_config("litv2_small")
+    model = timm.create_model("vz_litv2_small", device="meta")
+    optimizer = build_optimizer(cfg, model, lr=1e-3)
+    offsets = {id(p) for name, p in model.named_parameters() if "conv_offset" in name}
+    scales = {g["lr_scale"] for g in optimizer.param_groups if any(id(p) in offsets for p in g["params"])}
+    assert offsets and scales == {0.01}
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(model.parameters()))
