@@ -90,7 +90,6 @@ DEFAULTS: dict[str, Any] = {
         "warmup_epochs": 5,
         "warmup_lr": 1e-6,
         "min_lr": 1e-5,
-        "cooldown_epochs": 0,
     },
     "ema": {
         "enabled": False,

@@ -177,7 +177,6 @@ class Trainer:
         self.scheduler, _ = create_scheduler_v2(
             self.optimizer, sched=sched["name"], num_epochs=train["epochs"], warmup_epochs=sched["warmup_epochs"],
             warmup_lr=self.derived["warmup_lr"], min_lr=self.derived["min_lr"],
-            cooldown_epochs=sched["cooldown_epochs"],
             step_on_epochs=False, updates_per_epoch=self.updates_per_epoch,
         )
         self.scheduler.step_update(0)
@@ -195,7 +194,7 @@ class Trainer:
         if info.world_size > 1:
             device_ids = [info.device.index] if info.device.type == "cuda" else None
             self.ddp = DistributedDataParallel(model, device_ids=device_ids)
-        wrapped = self.ddp or model
+        wrapped = model if self.ddp is None else self.ddp
         self.train_model = torch.compile(wrapped) if runtime["compile"] else wrapped
 
         self.epoch = 0
