@@ -133,3 +133,16 @@ def test_bad_input_is_explained():
         model.forward_features(torch.randn(1, 4, 32, 32))
     with pytest.raises(ValueError, match="NCHW intermediates only"):
         model.forward_intermediates(torch.randn(1, 3, 32, 32), output_fmt="NLC")
+
+
+def test_training_gradients_equal_timm():
+    # The blocks add residuals and apply GELU in place where autograd allows: gradients must not change.
+    reference, ours = _timm_pair("tiny")
+    reference.train(), ours.train()
+    x = torch.randn(2, 3, 40, 52)
+    reference(x).square().mean().backward()
+    ours(x).square().mean().backward()
+    reference_grads = dict(reference.named_parameters())
+    for name, param in ours.named_parameters():
+        expected = reference_grads[name].grad
+        torch.testing.assert_close(param.grad, expected, rtol=1e-4, atol=1e-6 + 1e-4 * expected.abs().max().item())

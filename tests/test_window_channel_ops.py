@@ -4,6 +4,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from visionzoo.layers.activations import InferenceInplaceGELU
 from visionzoo.layers.channel_attention import ChannelGroupAttention
 from visionzoo.layers.pos_embed import ConvPosEnc
 from visionzoo.layers.window_attention import WindowAttention
@@ -29,21 +30,25 @@ def window_problems(draw):
     return batch, window, rows * window[0], cols * window[1], heads, head_dim
 
 
-@given(window_problems())
-def test_window_attention_sdpa_matches_reference(problem):
+@given(window_problems(), st.booleans())
+def test_window_attention_sdpa_matches_reference(problem, with_bias):
     batch, window, height, width, heads, head_dim = problem
-    qkv = torch.randn(batch, height, width, 3 * heads * head_dim)
-    expected = window_attention_reference(qkv, window, heads, scale=0.41)
-    actual = window_attention(qkv, window, heads, scale=0.41, backend="sdpa")
+    channels = heads * head_dim + 1
+    x = torch.randn(batch, height, width, channels)
+    weight = torch.randn(3 * heads * head_dim, channels) / channels**0.5
+    bias = torch.randn(3 * heads * head_dim) if with_bias else None
+    expected = window_attention_reference(x, weight, bias, window, heads, scale=0.41)
+    actual = window_attention(x, weight, bias, window, heads, scale=0.41, backend="sdpa")
     assert actual.shape == (batch, height, width, heads * head_dim)
     torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_window_attention_reference_attends_within_each_window_only():
     # Brute force: gather the tokens of the window each query sits in, attend among them.
-    qkv = torch.randn(2, 6, 9, 3 * 2 * 4)
-    out = window_attention_reference(qkv, (3, 3), num_heads=2)
-    q, k, v = qkv.reshape(2, 6, 9, 3, 2, 4).unbind(3)
+    x = torch.randn(2, 6, 9, 5)
+    weight, bias = torch.randn(24, 5), torch.randn(24)
+    out = window_attention_reference(x, weight, bias, (3, 3), num_heads=2)
+    q, k, v = torch.nn.functional.linear(x, weight, bias).reshape(2, 6, 9, 3, 2, 4).unbind(3)
     for row, col in ((0, 0), (4, 7), (5, 3)):
         r0, c0 = row // 3 * 3, col // 3 * 3
         keys = k[:, r0 : r0 + 3, c0 : c0 + 3].reshape(2, 9, 2, 4).transpose(1, 2)
@@ -54,12 +59,17 @@ def test_window_attention_reference_attends_within_each_window_only():
 
 
 def test_window_attention_gradients_match_reference():
-    qkv = torch.randn(2, 4, 6, 18, requires_grad=True)
+    x = torch.randn(2, 4, 6, 6, requires_grad=True)
+    weight = torch.randn(18, 6, requires_grad=True)
+    bias = torch.randn(18, requires_grad=True)
     grads = [
-        torch.autograd.grad(window_attention(qkv, (2, 3), 2, backend=backend).square().sum(), qkv)[0]
+        torch.autograd.grad(
+            window_attention(x, weight, bias, (2, 3), 2, backend=backend).square().sum(), (x, weight, bias)
+        )
         for backend in (REFERENCE, "sdpa")
     ]
-    torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-5)
+    for fast, ref in zip(grads[1], grads[0]):
+        torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-4)
 
 
 @given(st.integers(1, 2), st.integers(1, 11), st.integers(1, 11), st.integers(1, 4), st.integers(1, 4))
@@ -76,16 +86,18 @@ def test_window_partition_round_trip_and_padding(batch, height, width, wh, ww):
 
 def test_window_ops_reject_maps_that_do_not_tile():
     with pytest.raises(ValueError, match="pad it to multiples of the window"):
-        window_attention(torch.randn(1, 7, 8, 12), (7, 7), 2)
-    with pytest.raises(ValueError, match="3 \\* heads \\* head_dim"):
-        window_attention(torch.randn(1, 7, 7, 10), (7, 7), 2)
+        window_attention(torch.randn(1, 7, 8, 4), torch.randn(12, 4), None, (7, 7), 2)
+    with pytest.raises(ValueError, match="do not split into q, k, v of 2 heads"):
+        window_attention(torch.randn(1, 7, 7, 4), torch.randn(9, 4), None, (7, 7), 2)
+    with pytest.raises(ValueError, match="qkv weight"):
+        window_attention(torch.randn(1, 7, 7, 4), torch.randn(12, 5), None, (7, 7), 2)
 
 
 @given(st.integers(1, 3), st.integers(1, 50), st.integers(1, 4), st.integers(1, 9))
-def test_channel_attention_sdpa_matches_reference(batch, tokens, groups, group_dim):
+def test_channel_attention_grouped_bmm_matches_reference(batch, tokens, groups, group_dim):
     qkv = torch.randn(batch, tokens, 3 * groups * group_dim)
     expected = channel_attention_reference(qkv, groups)
-    actual = channel_attention(qkv, groups, backend="sdpa")
+    actual = channel_attention(qkv, groups, backend="grouped_bmm")
     assert actual.shape == (batch, tokens, groups * group_dim)
     torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)
 
@@ -105,7 +117,7 @@ def test_channel_attention_gradients_match_reference():
     qkv = torch.randn(2, 13, 24, requires_grad=True)
     grads = [
         torch.autograd.grad(channel_attention(qkv, 2, backend=backend).square().sum(), qkv)[0]
-        for backend in (REFERENCE, "sdpa")
+        for backend in (REFERENCE, "grouped_bmm")
     ]
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-5)
 
@@ -123,7 +135,8 @@ def test_window_attention_module_pads_with_zero_tokens_and_crops():
     padded_by_hand[:, :5, :6] = x
     with torch.no_grad():
         out = module(x)
-        expected = module.proj(window_attention_reference(module.qkv(padded_by_hand), (3, 4), 2, module.scale))
+        attended = window_attention_reference(padded_by_hand, module.qkv.weight, module.qkv.bias, (3, 4), 2, module.scale)
+        expected = module.proj(attended)
     assert out.shape == x.shape
     torch.testing.assert_close(out, expected[:, :5, :6])
 
@@ -146,3 +159,19 @@ def test_conv_pos_enc_is_x_plus_depthwise_conv():
     torch.testing.assert_close(module(x), expected)
     module(x).sum().backward()
     assert module.proj.weight.grad is not None and module.proj.bias.grad is not None
+
+
+def test_inference_inplace_gelu_is_exact_and_keeps_autograd_inputs():
+    act = InferenceInplaceGELU()
+    x = torch.randn(4, 7)
+    expected = torch.nn.functional.gelu(x)
+    fresh = x.clone()
+    with torch.no_grad():
+        out = act(fresh)
+    assert out.data_ptr() == fresh.data_ptr()
+    torch.testing.assert_close(out, expected)
+    leaf = x.clone().requires_grad_(True)
+    out = act(leaf)
+    assert out.data_ptr() != leaf.data_ptr() and torch.equal(leaf.detach(), x)
+    out.sum().backward()
+    assert leaf.grad is not None

@@ -35,6 +35,6 @@ class WindowAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         height, width = x.shape[1], x.shape[2]
-        qkv = self.qkv(pad_to_windows(x, self.window_size))
-        out = window_attention(qkv, self.window_size, self.num_heads, self.scale)
+        padded = pad_to_windows(x, self.window_size)
+        out = window_attention(padded, self.qkv.weight, self.qkv.bias, self.window_size, self.num_heads, self.scale)
         return self.proj(out[:, :height, :width])

@@ -24,6 +24,7 @@ from timm.models._features import feature_take_indices
 from timm.models import generate_default_cfgs, register_model
 from torch import nn
 
+from visionzoo.layers.activations import InferenceInplaceGELU
 from visionzoo.layers.channel_attention import ChannelGroupAttention
 from visionzoo.layers.checks import check_image_input
 from visionzoo.layers.drop import DropPath
@@ -89,14 +90,16 @@ class Block(nn.Module):
         self.drop_path1 = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
         self.cpe2 = ConvPosEnc(dim, 3, **dd)
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps, **dd)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, **dd)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=InferenceInplaceGELU, **dd)
         self.drop_path2 = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # The residual sums land in the branch outputs in place: those are fresh tensors that no backward
+        # formula needs (linear and drop path keep their inputs, not outputs), so autograd is unaffected.
         x = self.cpe1(x)
-        x = x + self.drop_path1(self.attn(self.norm1(x)))
+        x = self.drop_path1(self.attn(self.norm1(x))).add_(x)
         x = self.cpe2(x)
-        return x + self.drop_path2(self.mlp(self.norm2(x)))
+        return self.drop_path2(self.mlp(self.norm2(x))).add_(x)
 
 
 class DaViTStage(nn.Module):

@@ -1,9 +1,10 @@
 """Multi-head self-attention inside non-overlapping windows of a channels-last map (Swin / DaViT style).
 
 Maps are (B, H, W, C) with H and W multiples of the window (pad first; what the padded tokens hold is
-the caller's choice). :func:`window_attention` takes the packed projection ``qkv`` of such a map, laid
-out q | k | v along the last axis and head-major inside each (``C = 3 · heads · head_dim``), and returns
-the attended map (B, H, W, heads · head_dim) before the output projection.
+the caller's choice). :func:`window_attention` takes such a map and the qkv projection (weight
+(3 · heads · head_dim, C) with outputs laid out q | k | v, head-major inside each, and an optional bias),
+and returns the attended map (B, H, W, heads · head_dim) before the output projection. The projection is
+part of the op because the fast path partitions the C-wide input rather than the 3C-wide projection.
 """
 from __future__ import annotations
 
@@ -49,21 +50,31 @@ def window_reverse(windows: torch.Tensor, window_size: tuple[int, int], height: 
     return grid.permute(0, 1, 3, 2, 4, 5).reshape(-1, height, width, channels)
 
 
-def _check_qkv(qkv: torch.Tensor, num_heads: int) -> None:
-    if qkv.dim() != 4 or qkv.shape[-1] % (3 * num_heads):
+def _check_projection(x: torch.Tensor, qkv_weight: torch.Tensor, num_heads: int) -> None:
+    if x.dim() != 4 or qkv_weight.dim() != 2 or qkv_weight.shape[1] != x.shape[-1]:
         raise ValueError(
-            f"window_attention expects a packed (B, H, W, 3 * heads * head_dim) map with {num_heads} heads, "
-            f"got shape {tuple(qkv.shape)}"
+            f"window_attention expects a (B, H, W, C) map and a (3 * heads * head_dim, C) qkv weight, "
+            f"got {tuple(x.shape)} and {tuple(qkv_weight.shape)}"
+        )
+    if qkv_weight.shape[0] % (3 * num_heads):
+        raise ValueError(
+            f"the qkv weight's {qkv_weight.shape[0]} outputs do not split into q, k, v of {num_heads} heads"
         )
 
 
 def window_attention_reference(
-    qkv: torch.Tensor, window_size: tuple[int, int], num_heads: int, scale: float | None = None
+    x: torch.Tensor,
+    qkv_weight: torch.Tensor,
+    qkv_bias: torch.Tensor | None,
+    window_size: tuple[int, int],
+    num_heads: int,
+    scale: float | None = None,
 ) -> torch.Tensor:
-    """Partition into windows, split q/k/v and heads, softmax(q kᵀ · scale) v per window and head, reverse."""
-    _check_qkv(qkv, num_heads)
-    batch, height, width, packed = qkv.shape
-    head_dim = packed // (3 * num_heads)
+    """Project to q, k, v; partition into windows; softmax(q kᵀ · scale) v per window and head; reverse."""
+    _check_projection(x, qkv_weight, num_heads)
+    batch, height, width, _ = x.shape
+    qkv = F.linear(x, qkv_weight, qkv_bias)
+    head_dim = qkv.shape[-1] // (3 * num_heads)
     windows = window_partition(qkv, window_size)
     tokens = windows.shape[1]
     q, k, v = windows.reshape(-1, tokens, 3, num_heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
@@ -76,17 +87,18 @@ window_attention = Op("window_attention", window_attention_reference)
 
 
 @window_attention.register("sdpa")
-def _window_attention_sdpa(qkv, window_size, num_heads, scale=None):
-    # One copy brings q, k, v of every window and head into SDPA's (batch, heads, tokens, dim) layout, and one
-    # copy brings the result back to the map: the partition and the head split/merge ride along for free.
-    _check_qkv(qkv, num_heads)
-    batch, height, width, packed = qkv.shape
+def _window_attention_sdpa(x, qkv_weight, qkv_bias, window_size, num_heads, scale=None):
+    # Partition the C-wide input rather than the 3C-wide projection; SDPA reads q, k, v as strided views of
+    # the projection, and one copy brings the result back to the map with the head merge riding along.
+    _check_projection(x, qkv_weight, num_heads)
+    batch, height, width, channels = x.shape
     _check_window_grid(height, width, window_size)
     wh, ww = window_size
     rows, cols = height // wh, width // ww
-    head_dim = packed // (3 * num_heads)
-    grid = qkv.reshape(batch, rows, wh, cols, ww, 3, num_heads, head_dim)
-    q, k, v = grid.permute(5, 0, 1, 3, 6, 2, 4, 7).reshape(3, batch * rows * cols, num_heads, wh * ww, head_dim)
+    head_dim = qkv_weight.shape[0] // (3 * num_heads)
+    windows = x.reshape(batch, rows, wh, cols, ww, channels).permute(0, 1, 3, 2, 4, 5).reshape(-1, wh * ww, channels)
+    qkv = F.linear(windows, qkv_weight, qkv_bias).view(-1, wh * ww, 3, num_heads, head_dim)
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
     out = F.scaled_dot_product_attention(q, k, v, scale=scale)
     out = out.view(batch, rows, cols, num_heads, wh, ww, head_dim).permute(0, 1, 4, 2, 5, 3, 6)
     return out.reshape(batch, height, width, num_heads * head_dim)
