@@ -60,7 +60,7 @@ def test_logits_equal_timm(variant):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("variant", ["large", "huge", "giant"])
+@pytest.mark.parametrize("variant", ["large", "huge"])  # giant (1.4B params) is checked shape-only above
 def test_logits_equal_timm_large_variants(variant):
     reference, ours = _timm_pair(variant)
     x = torch.randn(1, 3, 224, 224)
