@@ -25,6 +25,7 @@ from visionzoo.layers.aggregated_attention import AggregatedAttention, LengthSca
 from visionzoo.layers.checks import check_image_input
 from visionzoo.layers.conv_glu import ConvGlu
 from visionzoo.layers.drop import DropPath
+from visionzoo.models._checkpoint import _unwrap as unwrap_state_dict
 
 __all__ = ["TransNeXt", "checkpoint_filter_fn"]
 
@@ -289,16 +290,6 @@ class TransNeXt(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-def _unwrap(state_dict: Mapping) -> dict:
-    for key in ("model", "state_dict"):
-        if isinstance(state_dict.get(key), Mapping):
-            return _unwrap(state_dict[key])
-    state_dict = dict(state_dict)
-    if state_dict and all(key.startswith("module.") for key in state_dict):
-        state_dict = {key[len("module."):]: value for key, value in state_dict.items()}
-    return state_dict
-
-
 def _official_key(key: str) -> str:
     key = re.sub(r"^patch_embed(\d)\.", lambda m: f"stages.{int(m.group(1)) - 1}.patch_embed.", key)
     key = re.sub(r"^block(\d)\.", lambda m: f"stages.{int(m.group(1)) - 1}.blocks.", key)
@@ -309,7 +300,7 @@ def _official_key(key: str) -> str:
 def checkpoint_filter_fn(state_dict: Mapping, model: nn.Module) -> dict:
     """Convert a checkpoint to this layout: ours passes through; the official one (``patch_embed1``,
     ``block1.0``, ``norm1``, ``mlp.dwconv.dwconv``) is renamed, and its size-specific buffers are dropped."""
-    state_dict = _unwrap(state_dict)
+    state_dict = unwrap_state_dict(state_dict, "the state dict")
     if not any(key.startswith(("patch_embed1.", "block1.")) for key in state_dict):
         return state_dict
     return {
