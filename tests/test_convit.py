@@ -15,6 +15,7 @@ from visionzoo.ops import use_backend
 
 KEYS_DIR = Path("/work/shared/specs/keys")
 VARIANTS = ["tiny", "small", "base"]
+PLUS_VARIANTS = ["tiny_plus", "small_plus", "base_plus"]
 SLOW_VARIANTS = [pytest.param(name, marks=pytest.mark.slow) if name != "tiny" else name for name in VARIANTS]
 
 
@@ -41,7 +42,7 @@ def _manifest(path):
     return {name: tuple(int(size) for size in shape.split(",")) for name, shape, *_ in rows}
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", VARIANTS + PLUS_VARIANTS)
 def test_param_count_matches_card(variant):
     name = f"vz_convit_{variant}"
     model = timm.create_model(name, device="meta")

@@ -10,7 +10,7 @@ the relative positions are rebuilt for the actual (possibly non-square) patch gr
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
@@ -179,9 +179,8 @@ class ConVit(nn.Module):
                 raise ValueError("token pooling needs the class token, which prune_intermediate_layers removed")
             self.global_pool = global_pool
         self.num_classes = num_classes
-        weight = self.norm.weight if isinstance(self.norm, nn.LayerNorm) else self.pos_embed
         self.head = (
-            nn.Linear(self.embed_dim, num_classes, device=weight.device, dtype=weight.dtype)
+            nn.Linear(self.embed_dim, num_classes, device=self.pos_embed.device, dtype=self.pos_embed.dtype)
             if num_classes > 0
             else nn.Identity()
         )
@@ -286,7 +285,7 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: ConVit) -> 
     buffers (we rebuild them) and resamples ``pos_embed`` when the model was built for another grid.
     """
     for wrapper in ("model", "state_dict"):
-        if wrapper in state_dict and isinstance(state_dict[wrapper], dict):
+        if isinstance(state_dict.get(wrapper), Mapping):
             state_dict = state_dict[wrapper]
     if state_dict and all(key.startswith("module.") for key in state_dict):
         state_dict = {key[len("module."):]: value for key, value in state_dict.items()}
@@ -338,13 +337,19 @@ default_cfgs = generate_default_cfgs({
     "vz_convit_tiny": _cfg(),
     "vz_convit_small": _cfg(),
     "vz_convit_base": _cfg(),
+    "vz_convit_tiny_plus": _cfg(),
+    "vz_convit_small_plus": _cfg(),
+    "vz_convit_base_plus": _cfg(),
 })
 
-# Width is 48 channels per head in every variant; the first 10 of 12 blocks use GPSA.
+# 48 channels per head (64 in the "+" models, released without weights); the first 10 of 12 blocks use GPSA.
 MODEL_ARGS = {
     "vz_convit_tiny": dict(embed_dim=192, num_heads=4),
     "vz_convit_small": dict(embed_dim=432, num_heads=9),
     "vz_convit_base": dict(embed_dim=768, num_heads=16),
+    "vz_convit_tiny_plus": dict(embed_dim=256, num_heads=4),
+    "vz_convit_small_plus": dict(embed_dim=576, num_heads=9),
+    "vz_convit_base_plus": dict(embed_dim=1024, num_heads=16),
 }
 
 
@@ -361,3 +366,18 @@ def vz_convit_small(pretrained: bool = False, **kwargs) -> ConVit:
 @register_model
 def vz_convit_base(pretrained: bool = False, **kwargs) -> ConVit:
     return _create_convit("vz_convit_base", pretrained, **dict(MODEL_ARGS["vz_convit_base"], **kwargs))
+
+
+@register_model
+def vz_convit_tiny_plus(pretrained: bool = False, **kwargs) -> ConVit:
+    return _create_convit("vz_convit_tiny_plus", pretrained, **dict(MODEL_ARGS["vz_convit_tiny_plus"], **kwargs))
+
+
+@register_model
+def vz_convit_small_plus(pretrained: bool = False, **kwargs) -> ConVit:
+    return _create_convit("vz_convit_small_plus", pretrained, **dict(MODEL_ARGS["vz_convit_small_plus"], **kwargs))
+
+
+@register_model
+def vz_convit_base_plus(pretrained: bool = False, **kwargs) -> ConVit:
+    return _create_convit("vz_convit_base_plus", pretrained, **dict(MODEL_ARGS["vz_convit_base_plus"], **kwargs))
