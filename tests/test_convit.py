@@ -118,12 +118,13 @@ def test_other_sizes_and_stride16_features(size, tiny_pair):
 @pytest.mark.parametrize("feature_cls", [None, "getter"])
 def test_features_only_returns_patch_maps(feature_cls):
     kwargs = {} if feature_cls is None else {"feature_cls": feature_cls}
-    model = timm.create_model("vz_convit_tiny", features_only=True, **kwargs).eval()
+    model = timm.create_model("vz_convit_tiny", features_only=True, out_indices=(9, 10, 11), **kwargs).eval()
     assert model.feature_info.reduction() == [16, 16, 16]
     for size in [(160, 224), (64, 64)]:
         with torch.no_grad():
             maps = model(torch.randn(2, 3, *size))
         assert [tuple(m.shape) for m in maps] == [(2, 192, size[0] // 16, size[1] // 16)] * 3
+    assert len(timm.create_model("vz_convit_tiny", features_only=True, **kwargs).feature_info) == 12
 
 
 def test_intermediates_nlc_norm_and_stop_early(tiny_pair):

@@ -301,7 +301,8 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: ConVit) -> 
 
 
 def _create_convit(variant: str, pretrained: bool = False, **kwargs) -> ConVit:
-    out_indices = kwargs.pop("out_indices", 3)
+    # Every block's map by default, as the zoo contract asks (timm's convit_* default to the last 3).
+    out_indices = kwargs.pop("out_indices", tuple(range(kwargs.get("depth", 12))))
     return build_model_with_cfg(
         ConVit,
         variant,
@@ -323,6 +324,7 @@ def _cfg(**kwargs) -> dict:
         "mean": IMAGENET_DEFAULT_MEAN,
         "std": IMAGENET_DEFAULT_STD,
         "fixed_input_size": False,
+        "min_input_size": (3, 16, 16),
         "first_conv": "patch_embed.proj",
         "classifier": "head",
         "license": "apache-2.0",
