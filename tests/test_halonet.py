@@ -59,9 +59,9 @@ def _halo_inputs(batch, heads, dim_qk, dim_v, height, width, block, halo, stride
 def test_halo_fast_matches_reference(
     batch, heads, dim_qk, dim_v, stride, block, halo, blocks_h, blocks_w, trim_h, trim_w, seed
 ):
-    # Sides from whole blocks down to one pixel past the previous multiple (maps needing padding).
-    height = max(stride, blocks_h * block - trim_h // stride * stride % block)
-    width = max(stride, blocks_w * block - trim_w // stride * stride % block)
+    # Whole blocks minus a trim: most sides need block padding; they stay multiples of the query stride.
+    height = max(stride, (blocks_h * block - trim_h) // stride * stride)
+    width = max(stride, (blocks_w * block - trim_w) // stride * stride)
     inputs = _halo_inputs(batch, heads, dim_qk, dim_v, height, width, block, halo, stride, seed)
     reference = halo_attention(**inputs, backend="reference")
     assert reference.shape == (batch, heads, dim_v, height // stride, width // stride)

@@ -11,7 +11,7 @@ self-attention with a halo (``visionzoo.ops.halo``). Two groups of variants:
 
 Unlike timm's, these models run at any input size that is a multiple of 32: each halo layer pads its map to
 whole blocks and masks the padding, which leaves block-aligned sizes (multiples of 256 for block 8) unchanged.
-In eval mode every conv + BatchNorm pair runs as one conv with the BatchNorm folded in.
+In eval mode a conv + BatchNorm pair runs as one conv with the BatchNorm folded in where that is cheaper.
 """
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ class HaloNetCfg:
 
 
 class ConvBnAct(ConvNorm):
-    """Conv (no bias) → BatchNorm → activation; in eval mode the BatchNorm is folded into the conv."""
+    """Conv (no bias) → BatchNorm → activation; in eval mode the BatchNorm is folded into the conv where cheaper."""
 
     def __init__(
         self,
@@ -73,13 +73,15 @@ class ConvBnAct(ConvNorm):
         self.act = act_layer(inplace=True) if act_layer is not None else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training:
-            return self.act(self.bn(self.conv(x)))
-        # One pass over the activations instead of two: the weights are tiny next to the maps.
-        scale = self.bn.weight * torch.rsqrt(self.bn.running_var + self.bn.eps)
-        weight = self.conv.weight * scale.reshape(-1, 1, 1, 1)
-        bias = self.bn.bias - self.bn.running_mean * scale
         conv = self.conv
+        # Folding rescales the weights on every call, a BatchNorm pass reads and writes the output map:
+        # fold where the weights per output pixel are fewer than the output pixels per channel.
+        out_pixels = x.shape[0] * (x.shape[-2] // conv.stride[0]) * (x.shape[-1] // conv.stride[1])
+        if self.training or conv.weight[0].numel() > out_pixels:
+            return self.act(self.bn(conv(x)))
+        scale = self.bn.weight * torch.rsqrt(self.bn.running_var + self.bn.eps)
+        weight = conv.weight * scale.reshape(-1, 1, 1, 1)
+        bias = self.bn.bias - self.bn.running_mean * scale
         return self.act(F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups))
 
 
@@ -135,7 +137,10 @@ class ResidualBlock(nn.Module):
     """Shared tail of both block types: out = act(branch(x) + shortcut(x)), branch ending in ``conv3_1x1``."""
 
     def _residual(self, x: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
-        return self.act(self.drop_path(branch) + self.shortcut(x))
+        # In place: on CPU a fresh activation-sized buffer costs more (page faults) than the add itself.
+        out = self.drop_path(branch)
+        out += self.shortcut(x)
+        return self.act(out)
 
     def zero_init_last(self) -> None:
         nn.init.zeros_(self.conv3_1x1.bn.weight)

@@ -145,17 +145,16 @@ halo_attention = Op("halo_attention", halo_attention_reference)
 
 
 def _relative_logits(queries: torch.Tensor, table: torch.Tensor, win: int, axis: int) -> torch.Tensor:
-    """q·table[u − pos + win − 1] for queries (Z, bq, bq, d) along ``axis`` (1 = rows, 2 = columns) → (Z, bq, bq, win).
+    """q·table[u − pos + win − 1] for queries (Z, bq, bq, d), pos their row (axis 1) or column (axis 2) → (Z, bq, bq, win).
 
-    Each query row (or column) position reads its own ``win`` rows of the table, so one batched matmul over
-    that position does all of them at once.
+    One matmul against the whole table gives every query all 2·win − 1 offsets; the window's ``win`` of them
+    start at column win − 1 − pos, a diagonal band that a strided view reads without copying.
     """
-    bq = queries.shape[axis]
-    rel_index = torch.arange(win, device=table.device)[None, :] - torch.arange(bq, device=table.device)[:, None]
-    per_position = table[rel_index + win - 1].transpose(1, 2)  # bq, d, win
-    by_position = queries.movedim(axis, 0).reshape(bq, -1, queries.shape[-1])
-    logits = torch.bmm(by_position, per_position)  # bq, Z·bq, win
-    return logits.reshape(bq, queries.shape[0], bq, win).movedim(0, axis)
+    logits = (queries @ table.transpose(0, 1)).contiguous()  # Z, bq, bq, 2·win − 1, a fresh buffer
+    z, bq, offsets = logits.shape[0], logits.shape[1], logits.shape[3]
+    strides = [bq * bq * offsets, bq * offsets, offsets, 1]
+    strides[axis] -= 1  # one column further left per step of pos
+    return logits.as_strided((z, bq, bq, win), strides, win - 1)
 
 
 @halo_attention.register("blocked_bmm")
@@ -184,11 +183,11 @@ def _halo_attention_bmm(
 
     rel_h = _relative_logits(queries, height_rel, win, axis=1)
     rel_w = _relative_logits(queries, width_rel, win, axis=2)
-    bias = (rel_h[..., :, None] + rel_w[..., None, :]).reshape(-1, bq * bq, win * win)
+    logits = (rel_h[..., :, None] + rel_w[..., None, :]).reshape(-1, bq * bq, win * win)
     valid = _key_valid(*k.shape[-2:], block_size, halo_size, q.device)
     if valid is not None:
-        bias = bias.unflatten(0, (batch * heads, nbh * nbw))
-        bias = bias.masked_fill(~valid[None, :, None, :], float("-inf")).flatten(0, 1)
-    logits = torch.baddbmm(bias, queries.reshape(-1, bq * bq, q.shape[2]), keys.transpose(1, 2), alpha=scale)
+        logits.unflatten(0, (batch * heads, nbh * nbw)).masked_fill_(~valid[None, :, None, :], float("-inf"))
+    # The content term accumulates into the relative-logit buffer: no second logits-sized tensor.
+    logits.baddbmm_(queries.reshape(-1, bq * bq, q.shape[2]), keys.transpose(1, 2), alpha=scale)
     out = torch.bmm(logits.softmax(dim=-1), values)
     return _merge_blocks(out.reshape(batch, heads, nbh, nbw, bq, bq, v.shape[2]), out_height, out_width)
