@@ -1,6 +1,8 @@
 """HaloNet family: halo op (reference vs fast), timm parity, any-size inputs, parameter counts."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import timm
 import torch
@@ -202,3 +204,35 @@ def test_parameter_count_matches_card(name):
     model = timm.create_model(name, device="meta")
     count = sum(p.numel() for p in model.parameters())
     assert abs(count - card["params"]) <= card["params_tolerance"] * card["params"]
+
+
+MANIFESTS = {
+    "vz_halonet26t": "timm_halonet26t.tsv",
+    "vz_sehalonet33ts": "timm_sehalonet33ts.tsv",
+    "vz_halonet50ts": "timm_halonet50ts.tsv",
+    "vz_halonet_h1": "timm_halonet_h1.tsv",
+}
+
+
+@pytest.mark.parametrize("name", sorted(MANIFESTS))
+def test_timm_key_manifest_loads_without_missing_or_unexpected_keys(name):
+    """The manifests list every key and shape of timm's released state dicts (specs/keys)."""
+    path = Path(__file__).parent / "data" / "halonet" / MANIFESTS[name]
+    manifest = {}
+    for line in path.read_text().splitlines():
+        key, _, shape = line.partition("\t")
+        manifest[key] = tuple(int(size) for size in shape.split(",") if size)
+    model = timm.create_model(name, device="meta")
+    state = {key: torch.empty(shape, device="meta") for key, shape in manifest.items()}
+    own = {key: tuple(value.shape) for key, value in model.state_dict().items()}
+    converted = checkpoint_filter_fn(state, model)
+    assert set(converted) == set(own)
+    assert all(tuple(converted[key].shape) == own[key] for key in own)
+
+
+@SLOW
+def test_block_aligned_non_square_size_matches_timm():
+    theirs, ours = _timm_and_ours("vz_halonet26t")
+    x = torch.randn(1, 3, 256, 512, generator=torch.Generator().manual_seed(4))
+    with torch.inference_mode():
+        _assert_relative_close(ours(x), theirs(x))
