@@ -28,6 +28,13 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     theirs = timm.create_model("halonet26t").eval()
+    with torch.no_grad():  # trained-like BatchNorms, so that no residual branch is zero as at init
+        for module in theirs.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.weight.uniform_(0.5, 1.0)
+                module.bias.normal_(0.0, 0.1)
+                module.running_mean.normal_(0.0, 0.1)
+                module.running_var.uniform_(0.5, 1.5)
     ours = timm.create_model("vz_halonet26t").eval()
     ours.load_state_dict(checkpoint_filter_fn(theirs.state_dict(), ours))
     x = torch.randn(args.batch, 3, args.size, args.size)
