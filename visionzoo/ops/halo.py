@@ -145,7 +145,7 @@ halo_attention = Op("halo_attention", halo_attention_reference)
 
 
 def _relative_logits(queries: torch.Tensor, table: torch.Tensor, win: int, axis: int) -> torch.Tensor:
-    """q·table[u − pos + win − 1] for queries (Z, bq, bq, d), pos their row (axis 1) or column (axis 2) → (Z, bq, bq, win).
+    """q·table[u − pos + win − 1] for queries (Z, bq, bq, d) → (Z, bq, bq, win); pos: row (axis 1) or column.
 
     One matmul against the whole table gives every query all 2·win − 1 offsets; the window's ``win`` of them
     start at column win − 1 − pos, a diagonal band that a strided view reads without copying.
@@ -169,7 +169,7 @@ def _halo_attention_bmm(
     query_stride: int = 1,
     scale: float | None = None,
 ) -> torch.Tensor:
-    """Every block as one row of a batched matmul; both relative terms enter as the bias of one baddbmm."""
+    """Every block as one batch row of bmm; the content logits accumulate onto the relative ones in place."""
     _check_shapes(q, k, v, height_rel, width_rel, block_size, halo_size, query_stride)
     scale = q.shape[2] ** -0.5 if scale is None else scale
     out_height, out_width = q.shape[-2:]
