@@ -236,3 +236,10 @@ def test_block_aligned_non_square_size_matches_timm():
     x = torch.randn(1, 3, 256, 512, generator=torch.Generator().manual_seed(4))
     with torch.inference_mode():
         _assert_relative_close(ours(x), theirs(x))
+
+
+def test_features_only_keeps_final_conv_as_last_level():
+    model = timm.create_model("vz_halonet_h3", features_only=True).eval()
+    with torch.inference_mode():
+        maps = model(torch.randn(1, 3, 64, 64))
+    assert [m.shape[1] for m in maps] == [64, 96, 192, 384, 1024]

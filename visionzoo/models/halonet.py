@@ -27,7 +27,6 @@ from timm.models._features import feature_take_indices
 from torch import nn
 
 from visionzoo.layers.checks import check_image_input
-from visionzoo.layers.conv_bn import ConvNorm
 from visionzoo.layers.drop import DropPath
 from visionzoo.layers.halo import HaloAttention
 from visionzoo.models._checkpoint import _unwrap
@@ -55,8 +54,12 @@ class HaloNetCfg:
     num_features: int = 0  # width of a final 1×1 conv before the head; 0: none
 
 
-class ConvBnAct(ConvNorm):
-    """Conv (no bias) → BatchNorm → activation; in eval mode the BatchNorm is folded into the conv where cheaper."""
+class ConvBnAct(nn.Module):
+    """Conv (no bias) → BatchNorm → activation; in eval mode the BatchNorm is folded into the conv where cheaper.
+
+    Not an ``nn.Sequential`` (unlike ``layers.conv_bn.ConvNorm``): timm's feature extraction flattens
+    top-level Sequentials, and ``final_conv`` must stay one feature module.
+    """
 
     def __init__(
         self,
@@ -69,7 +72,12 @@ class ConvBnAct(ConvNorm):
         device=None,
         dtype=None,
     ):
-        super().__init__(in_chs, out_chs, kernel_size, stride, groups=groups, device=device, dtype=dtype)
+        super().__init__()
+        self.conv = nn.Conv2d(
+            in_chs, out_chs, kernel_size, stride, kernel_size // 2, groups=groups, bias=False,
+            device=device, dtype=dtype,
+        )
+        self.bn = nn.BatchNorm2d(out_chs, device=device, dtype=dtype)
         self.act = act_layer(inplace=True) if act_layer is not None else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
