@@ -1,22 +1,62 @@
 """Multiply-accumulate counts with ``torch.utils.flop_counter``.
 
-FlopCounterMode counts the FLOPs of matmul-like ops (mm, bmm, addmm, convolution, scaled dot-product
-attention, their backward ops); we report MACs = FLOPs / 2, the unit most papers quote. Elementwise ops,
-normalisation, softmax, pooling and FFTs are not counted, so ops dominated by those read low.
+FlopCounterMode counts the FLOPs of matmul-like ops (mm, bmm, addmm, baddbmm, convolution, scaled dot-product
+attention, flex attention, and their backward ops); we report MACs = FLOPs / 2, the unit most papers quote.
+Elementwise ops, normalisation, softmax, pooling, FFTs and torchvision's deformable convolution are not counted,
+so ops dominated by those read low. torch ships no formula for the CPU flash-attention kernel that
+``F.scaled_dot_product_attention`` dispatches to on the CPU (it would count as zero); importing this module
+registers one, with torch's own SDPA formulas, so counts agree between CPU and GPU.
 """
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
+from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
+
+FLOP_COUNTER_NOTE = (
+    "MACs from torch.utils.flop_counter: matmul, conv and scaled-dot-product/flex attention (forward and "
+    "backward); elementwise ops, norms, softmax, pooling, FFTs and deformable convs are not counted."
+)
+
+_aten = torch.ops.aten
+
+
+def _register_cpu_sdpa_formulas() -> None:
+    forward = _aten._scaled_dot_product_flash_attention_for_cpu
+    backward = _aten._scaled_dot_product_flash_attention_for_cpu_backward
+    if forward not in flop_counter.flop_registry:
+        @flop_counter.register_flop_formula(forward)
+        def _cpu_sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+            return flop_counter.sdpa_flop_count(query_shape, key_shape, value_shape)
+    if backward not in flop_counter.flop_registry:
+        @flop_counter.register_flop_formula(backward)
+        def _cpu_sdpa_backward_flops(grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None,
+                                     **kwargs) -> int:
+            return flop_counter.sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
+
+
+_register_cpu_sdpa_formulas()
+
+
+def _sample_like(model: nn.Module, input_size: tuple[int, int, int], batch_size: int) -> torch.Tensor:
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+    return torch.randn(batch_size, *input_size, device=device, dtype=dtype)
+
+
+def surrogate_loss(output) -> torch.Tensor:
+    """A scalar that depends on every tensor a model returns (some return a tuple in train mode)."""
+    tensors = output if isinstance(output, (tuple, list)) else (output,)
+    return sum(t.float().mean() for t in tensors if isinstance(t, torch.Tensor))
 
 
 def count_macs(model: nn.Module, input_size: tuple[int, int, int], batch_size: int = 1) -> int:
     """MACs of one eval-mode forward pass at ``input_size`` (C, H, W) per ``batch_size`` images."""
-    param = next(model.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
-    dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
-    sample = torch.randn(batch_size, *input_size, device=device, dtype=dtype)
+    sample = _sample_like(model, input_size, batch_size)
     was_training = model.training
     model.eval()
     try:
@@ -25,6 +65,18 @@ def count_macs(model: nn.Module, input_size: tuple[int, int, int], batch_size: i
     finally:
         model.train(was_training)
     return counter.get_total_flops() // 2
+
+
+def count_train_macs(model: nn.Module, input_size: tuple[int, int, int]) -> int:
+    """MACs of one training step's forward + backward per image (the optimizer's elementwise update is free).
+
+    Runs on a copy in train mode at batch 2 (batch norm needs more than one value per channel) and halves the count.
+    """
+    trainee = copy.deepcopy(model).train()
+    sample = _sample_like(trainee, input_size, batch_size=2)
+    with FlopCounterMode(display=False) as counter:
+        surrogate_loss(trainee(sample)).backward()
+    return counter.get_total_flops() // 4
 
 
 def count_params(model: nn.Module) -> int:

@@ -1,0 +1,46 @@
+"""Peak memory of a piece of work: CUDA's max-allocated on the GPU, resident-set growth on the CPU.
+
+On the GPU the figure is ``torch.cuda.max_memory_allocated`` (weights, activations and workspace; not the caching
+allocator's reserve). On the CPU it is the growth of the process's peak resident set (VmHWM) over its size before
+the work, after resetting the peak through /proc/self/clear_refs (Linux); elsewhere it is not available.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+_STATUS = Path("/proc/self/status")
+_CLEAR_REFS = Path("/proc/self/clear_refs")
+
+
+def _status_kib(field: str) -> int:
+    for line in _STATUS.read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise OSError(f"{field} missing from {_STATUS}")
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        _CLEAR_REFS.write_text("5")  # "5" resets the peak resident set size to the current one
+        return True
+    except OSError:
+        return False
+
+
+def peak_memory_mb(work: Callable[[], object], device: torch.device) -> dict:
+    """Run ``work`` once and return its peak memory in MiB and how it was measured (``mb`` is None if unknown)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        work()
+        torch.cuda.synchronize(device)
+        return {"mb": torch.cuda.max_memory_allocated(device) / 2**20, "method": "cuda_max_allocated"}
+    if not (_STATUS.exists() and _reset_peak_rss()):
+        work()
+        return {"mb": None, "method": "unavailable (needs Linux /proc/self/clear_refs)"}
+    before = _status_kib("VmRSS")
+    work()
+    return {"mb": max(_status_kib("VmHWM") - before, 0) / 1024, "method": "rss_peak_growth"}
