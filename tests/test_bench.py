@@ -2,9 +2,11 @@
 argument errors. Nothing here asserts a speed; models are tiny and every measurement runs once or twice."""
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import math
+import sys
 
 import pytest
 import timm
@@ -14,7 +16,7 @@ from timm.models import _registry as timm_registry
 from torch import nn
 
 from visionzoo.bench import report
-from visionzoo.bench.cli import default_model_set
+from visionzoo.bench.cli import add_bench_parser, default_model_set
 from visionzoo.bench.flops import count_macs, count_params, count_train_macs
 from visionzoo.bench.machine import measure_matmul_peak
 from visionzoo.bench.memory import peak_memory_mb
@@ -22,7 +24,6 @@ from visionzoo.bench.runner import BenchArgumentError, BenchSettings
 from visionzoo.bench.suite import run_suite
 from visionzoo.bench.timing import Schedule, WallTimer, measure, measure_alternating, summarize
 from visionzoo.bench.vs import speed_ratio, summarize_pair
-from visionzoo.cli import main
 from visionzoo.layers.fuse import fuse_model
 
 ZOO_NAME = "vz_benchtest_tiny"
@@ -125,6 +126,14 @@ class ScriptedTimer:
         self.calls.append("sync")
 
 
+def main(argv: list[str]) -> int:
+    """``visionzoo bench ...`` through the subcommand's own parser, as the ``visionzoo`` command wires it."""
+    parser = argparse.ArgumentParser(prog="visionzoo")
+    add_bench_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
 TINY = BenchSettings(batch_size=2, schedule=Schedule(warmup=0, iters=1))
 
 
@@ -209,6 +218,20 @@ def test_deploy_measures_the_bn_folded_model(tiny_card):
     assert record["params"] == count_params(fuse_model(TinyAttentionNet())) and record["train"] is None
 
 
+def test_bf16_autocast_and_channels_last_run_on_the_cpu(tiny_card):
+    settings = BenchSettings(batch_size=2, dtype="bf16", channels_last=True, schedule=Schedule(warmup=1, iters=1))
+    doc = run_suite([ZOO_NAME], settings, timer=ScriptedTimer(), matmul_size=16, progress=False)
+    assert doc["peak"]["dtype"] == "bfloat16" and doc["settings"]["channels_last"] is True
+    assert doc["results"][0]["error"] is None and doc["results"][0]["train"]["img_per_s"] > 0
+
+
+@pytest.mark.slow
+def test_compile_runs_on_the_cpu(tiny_card):
+    settings = BenchSettings(batch_size=2, compile=True, train=False, schedule=Schedule(warmup=1, iters=1))
+    doc = run_suite([ZOO_NAME], settings, timer=ScriptedTimer(), matmul_size=16, progress=False)
+    assert doc["results"][0]["error"] is None and doc["settings"]["compile"] is True
+
+
 def test_vs_timm_copies_weights_checks_outputs_and_reports_the_ratio(tiny_card):
     timer = ScriptedTimer(seconds=0.5)
     doc = run_suite([ZOO_NAME], TINY, vs="timm", timer=timer, matmul_size=16, progress=False)
@@ -223,9 +246,18 @@ def test_vs_timm_mismatch_aborts_the_pair_with_a_clear_message(tiny_card, monkey
     monkeypatch.setitem(PERTURB_FILTER, "enabled", True)
     doc = run_suite([ZOO_NAME], TINY, vs="timm", timer=ScriptedTimer(), matmul_size=16, progress=False)
     record = doc["results"][0]
-    assert record["vs"]["status"] == "mismatch"
-    assert "disagree" in record["error"] and "checkpoint_filter_fn" in record["error"]
+    assert record["error"] is None and record["infer"]["img_per_s"] > 0  # the zoo model is still measured
+    assert record["vs"]["status"] == "mismatch" and "speed_ratio" not in record["vs"]
+    assert "disagree" in record["vs"]["message"] and "checkpoint_filter_fn" in record["vs"]["message"]
+    assert "mismatch" in report.format_console(doc)
     report.validate_results(doc)
+
+
+def test_vs_timm_with_unconvertible_keys_aborts_the_pair(tiny_card, monkeypatch):
+    monkeypatch.setattr(sys.modules[__name__], "checkpoint_filter_fn", lambda state_dict, model: state_dict)
+    doc = run_suite([ZOO_NAME], TINY, vs="timm", timer=ScriptedTimer(), matmul_size=16, progress=False)
+    vs = doc["results"][0]["vs"]
+    assert vs["status"] == "mismatch" and "did not turn timm's state dict into ours" in vs["message"]
 
 
 def test_vs_timm_without_counterpart_is_noted(tiny_card):

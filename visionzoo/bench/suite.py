@@ -15,59 +15,55 @@ from visionzoo.bench.machine import DTYPES, machine_info, measure_matmul_peak, p
 from visionzoo.bench.memory import __doc__ as MEMORY_NOTE
 from visionzoo.bench.runner import BenchSettings, benchmark_model, card_of, input_size_of
 from visionzoo.bench.timing import Schedule, Timer, timer_for
-from visionzoo.bench.vs import TIMM, PairMismatchError, pair_with_timm, time_side_by_side
+from visionzoo.bench.vs import TIMM, pair_with_timm, time_side_by_side
 
 SCHEMA = "visionzoo.bench/1"
 PHASES = ("build", "count", "memory", "throughput", "latency", "train", "vs")
 
 
-def _compare(record: dict, zoo_model: nn.Module, settings: BenchSettings, timer: Timer, vs: str,
-             pair: dict | None, build_other: Callable[[str], nn.Module]) -> dict:
+def _time_against(zoo_model: nn.Module, settings: BenchSettings, timer: Timer, vs: str, pair: dict | None,
+                  build_other: Callable[[str], nn.Module]) -> dict:
+    zoo_size = input_size_of(zoo_model, settings.img_size)
     if pair is not None:
-        other, against, kind = pair.pop("model"), pair["against"], "timm_pair"
-        other_size = input_size_of(zoo_model, settings.img_size)
+        other = pair.pop("model")
+        other_size = zoo_size
     else:
-        other, against, kind = build_other(vs), vs, "baseline"
+        other = build_other(vs)
         other_size = input_size_of(other, settings.img_size)
-    timings = time_side_by_side(zoo_model, other, settings, timer, input_size_of(zoo_model, settings.img_size),
-                                other_size)
-    return {**(pair or {}), "against": against, "kind": kind, **timings}
+        pair = {"against": vs, "kind": "baseline"}
+    return {**pair, **time_side_by_side(zoo_model, other, settings, timer, zoo_size, other_size)}
 
 
 def benchmark_one(name: str, settings: BenchSettings, timer: Timer, peak_gflops: float, vs: str | None,
                   build: Callable[[str], nn.Module], build_other: Callable[..., nn.Module],
                   on_phase: Callable[[str], None]) -> dict:
+    """One model's record; with ``vs``, its side-by-side timing (or why the pair was skipped) under ``vs``."""
     built: dict[str, nn.Module] = {}
 
     def build_and_keep(model_name: str) -> nn.Module:
         built["model"] = build(model_name)
         return built["model"]
 
-    pair = None
-    prepare = None
-    skip_note = None
+    pair = prepare = None
     if vs == TIMM:
         timm_name = (card_of(name) or {}).get("timm_name")
         if timm_name:
             prepare, pair = pair_with_timm(name, timm_name, build_other)
         else:
-            skip_note = {"against": None, "kind": "timm_pair", "status": "no_counterpart",
-                         "message": f"timm has no implementation of {name}'s architecture (card timm_name is null)"}
-    try:
-        record = benchmark_model(name, settings, timer, peak_gflops, build=build_and_keep, on_phase=on_phase,
-                                 prepare=prepare)
-    except PairMismatchError as error:
-        return _failed(name, vs={"against": pair["against"], "kind": "timm_pair", "status": "mismatch",
-                                 "message": str(error)}, error=str(error))
+            pair = {"against": None, "kind": "timm_pair", "status": "no_counterpart",
+                    "message": f"timm has no implementation of {name}'s architecture (card timm_name is null)"}
+    record = benchmark_model(name, settings, timer, peak_gflops, build=build_and_keep, on_phase=on_phase,
+                             prepare=prepare)
     if vs is not None:
         on_phase("vs")
-        record["vs"] = skip_note or _compare(record, built["model"], settings, timer, vs, pair, build_other)
+        skipped = pair is not None and "status" in pair
+        record["vs"] = pair if skipped else _time_against(built["model"], settings, timer, vs, pair, build_other)
     return record
 
 
-def _failed(name: str, error: str, vs: dict | None = None) -> dict:
+def _failed(name: str, error: str) -> dict:
     card = card_of(name) or {}
-    return {"model": name, "family": card.get("family"), "top1": card.get("top1"), "vs": vs, "error": error}
+    return {"model": name, "family": card.get("family"), "top1": card.get("top1"), "vs": None, "error": error}
 
 
 def run_suite(names: list[str], settings: BenchSettings, vs: str | None = None, threads: int | None = None,
@@ -99,6 +95,8 @@ def run_suite(names: list[str], settings: BenchSettings, vs: str | None = None, 
         bar.update(len(PHASES) - done["count"])
         if record["error"]:
             bar.write(f"{name}: FAILED: {record['error']}", file=sys.stderr)
+        elif record["vs"] and record["vs"].get("message"):
+            bar.write(f"{name}: --vs {vs}: {record['vs']['message']}", file=sys.stderr)
         results.append(record)
     bar.close()
     return {

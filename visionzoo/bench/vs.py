@@ -43,7 +43,11 @@ def copy_timm_weights(zoo_model: nn.Module, timm_model: nn.Module) -> None:
     filter_fn = getattr(family_module, "checkpoint_filter_fn", None)
     if filter_fn is None:
         raise PairMismatchError(f"{family_module.__name__} has no checkpoint_filter_fn to convert timm's weights")
-    zoo_model.load_state_dict(filter_fn(timm_model.state_dict(), zoo_model), strict=True)
+    try:
+        zoo_model.load_state_dict(filter_fn(timm_model.state_dict(), zoo_model), strict=True)
+    except (RuntimeError, KeyError, ValueError) as error:
+        raise PairMismatchError(f"{family_module.__name__}.checkpoint_filter_fn did not turn timm's state dict into "
+                                f"ours ({type(error).__name__}: {error}); the pair is skipped") from error
 
 
 def check_outputs_agree(zoo_model: nn.Module, other: nn.Module, input_size: tuple[int, int, int],
@@ -68,15 +72,20 @@ def check_outputs_agree(zoo_model: nn.Module, other: nn.Module, input_size: tupl
 
 def pair_with_timm(zoo_name: str, timm_name: str, build_timm: Callable[..., nn.Module] = timm.create_model
                    ) -> tuple[Callable[[nn.Module], None], dict]:
-    """A ``prepare`` hook for :func:`benchmark_model` that copies timm's weights in and checks the outputs agree,
-    and the dict that will hold the pair's record (its reference model and the max difference once prepared)."""
+    """A ``prepare`` hook for :func:`benchmark_model` that copies timm's weights into the zoo model and checks that
+    the outputs agree, and the pair's record it fills: ``model`` (timm's module) and ``max_abs_diff`` when they
+    agree, else ``status: mismatch`` and a ``message``; the zoo model is measured either way."""
     pair: dict = {"against": timm_name, "kind": "timm_pair"}
 
     def prepare(zoo_model: nn.Module) -> None:
         reference = build_timm(timm_name, num_classes=zoo_model.num_classes)
-        copy_timm_weights(zoo_model, reference)
-        input_size = input_size_of(zoo_model, None)
-        pair["max_abs_diff"] = check_outputs_agree(zoo_model, reference, input_size, zoo_name, timm_name)
+        try:
+            copy_timm_weights(zoo_model, reference)
+            input_size = input_size_of(zoo_model, None)
+            pair["max_abs_diff"] = check_outputs_agree(zoo_model, reference, input_size, zoo_name, timm_name)
+        except PairMismatchError as error:
+            pair.update(status="mismatch", message=str(error))
+            return
         pair["model"] = reference
 
     return prepare, pair

@@ -55,11 +55,17 @@ def load_state_dict(path: str | Path, prefer_ema: bool = False) -> dict[str, tor
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
+        message = str(error)
+        reason = next((line.strip() for line in message.splitlines() if "GLOBAL" in line), None)
+        if reason is None:
+            raise CheckpointError(
+                f"{path} is not a readable PyTorch checkpoint: it is truncated, corrupt or not written by torch.save"
+            ) from None
         raise CheckpointError(
             f"refused to load {path}: it contains Python objects other than tensors, which could run code "
-            f"when unpickled ({str(error).splitlines()[0]}). Re-save only the weights "
-            f"(torch.save(model.state_dict(), ...)) or convert the file to safetensors."
-        ) from error
+            f"when unpickled ({reason}). Nothing from the file was executed. "
+            f"Re-save only the weights (torch.save(model.state_dict(), ...)) or convert the file to safetensors."
+        ) from None
     except (RuntimeError, EOFError, OSError) as error:
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {error}") from error
     if prefer_ema and isinstance(obj, Mapping):

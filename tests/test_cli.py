@@ -1,0 +1,43 @@
+"""The ``visionzoo`` command: list and info, through ``python -m visionzoo`` as a user runs it."""
+import subprocess
+import sys
+
+import pytest
+
+import visionzoo
+from visionzoo.cli import main
+
+
+def test_list_prints_every_zoo_model(capsys):
+    if not visionzoo.list_models():
+        pytest.skip("no zoo model registered")
+    assert main(["list"]) == 0
+    assert capsys.readouterr().out.split() == visionzoo.list_models()
+
+
+def test_list_details_shows_params_and_paper_figures(capsys):
+    names = visionzoo.list_models()
+    if not names:
+        pytest.skip("no zoo model registered")
+    assert main(["list", names[0], "--details"]) == 0
+    out = capsys.readouterr().out
+    assert names[0] in out and "paper GMACs" in out and "flop_counter" in out
+
+
+def test_list_unknown_pattern_fails_clearly(capsys):
+    assert main(["list", "vz_nothing_like_this*"]) == 1
+    assert "no zoo model matches" in capsys.readouterr().err
+
+
+def test_info_shows_counts_beside_the_card(capsys):
+    names = visionzoo.list_models()
+    if not names:
+        pytest.skip("no zoo model registered")
+    assert main(["info", names[0]]) == 0
+    out = capsys.readouterr().out
+    assert "params:" in out and "GMACs:" in out and "feature_info" in out and "paper:" in out
+
+
+def test_module_entry_point_runs():
+    result = subprocess.run([sys.executable, "-m", "visionzoo", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "list" in result.stdout and "info" in result.stdout

@@ -1,0 +1,262 @@
+"""The model contract every zoo family passes, modelled on timm's tests/test_models.py.
+
+Cheap checks (registration, construction on the meta device, parameter counts) run on every
+model; forward/backward checks run on each family's smallest variant by default and on the
+others under the ``slow`` mark.
+"""
+from __future__ import annotations
+
+import fnmatch
+import math
+import subprocess
+import sys
+
+import pytest
+import timm
+import torch
+from timm.models import group_parameters
+
+from _zoo import create, family_module, model_params, input_sizes, zoo_models
+from visionzoo.models._cards import variant_card
+from visionzoo.models._checkpoint import load_checkpoint
+
+EVERY = model_params(every=True)
+HEAVY = model_params()
+
+
+def _input(name, size_index=0, batch=2):
+    height, width = input_sizes(name)[size_index]
+    return torch.randn(batch, 3, height, width)
+
+
+def _close(a, b, rtol=1e-5, atol=1e-5):
+    return torch.allclose(a, b, rtol=rtol, atol=atol)
+
+
+def _check_maps(maps, model, height, width):
+    assert len(maps) == len(model.feature_info)
+    for fmap, info in zip(maps, model.feature_info):
+        assert fmap.dim() == 4, f"{info['module']} is not an NCHW map: {tuple(fmap.shape)}"
+        assert fmap.shape[1] == info["num_chs"], info["module"]
+        reduction = info["reduction"]
+        for actual, full in zip(fmap.shape[-2:], (height, width)):
+            assert actual in (full // reduction, math.ceil(full / reduction)), (
+                f"{info['module']}: size {actual} at reduction {reduction} of {full}"
+            )
+
+
+def test_zoo_is_not_empty():
+    assert zoo_models(), "no vz_* model is registered"
+
+
+def test_registered_once_without_overwriting():
+    script = (
+        "import warnings\n"
+        "warnings.simplefilter('always')\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    import timm, visionzoo\n"
+        "print('\\n'.join(str(w.message) for w in caught if 'Overwriting' in str(w.message)))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "", result.stdout
+
+
+@pytest.mark.parametrize("name", EVERY)
+def test_name_belongs_to_the_zoo(name):
+    assert name.startswith("vz_")
+    assert timm.models.model_entrypoint(name).__module__.startswith("visionzoo.models.")
+
+
+@pytest.mark.parametrize("name", EVERY)
+def test_meta_construction_and_param_count_matches_card(name):
+    model = create(name, device="meta")
+    assert all(p.device.type == "meta" for p in model.parameters())
+    card = variant_card(name)
+    assert card is not None, f"{name} has no entry in models/*.yaml"
+    params = sum(p.numel() for p in model.parameters())
+    assert abs(params - card["params"]) <= card["params_tolerance"] * card["params"], (
+        f"{name}: {params:,} parameters, card says {card['params']:,} ± {card['params_tolerance']:.1%}"
+    )
+
+
+@pytest.mark.parametrize("name", EVERY)
+def test_unknown_kwarg_raises_type_error(name):
+    with pytest.raises(TypeError):
+        create(name, device="meta", not_a_real_argument=1)
+
+
+@pytest.mark.parametrize("name", HEAVY)
+def test_device_and_dtype_kwargs(name):
+    model = create(name, device="cpu", dtype=torch.bfloat16)
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+
+
+@pytest.mark.parametrize("name", HEAVY)
+def test_forward_and_backward(name):
+    model = create(name).eval()
+    x = _input(name)
+    with torch.no_grad():
+        out = model(x)
+    assert out.shape == (2, model.num_classes)
+    assert torch.isfinite(out).all()
+
+    model.train()
+    model(_input(name, size_index=1)).mean().backward()
+    no_grad = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not no_grad, f"parameters without gradient: {no_grad[:10]}"
+
+
+@pytest.mark.parametrize("name", HEAVY)
+def test_classifier_options(name):
+    x = _input(name)
+    model = create(name, num_classes=0).eval()
+    with torch.no_grad():
+        assert model(x).shape == (2, model.head_hidden_size)
+    model = create(name, num_classes=0, global_pool="").eval()
+    with torch.no_grad():
+        assert model(x).dim() >= 3, "global_pool='' must leave the spatial/token axes"
+
+    model = create(name).eval()
+    model.reset_classifier(7)
+    assert model.num_classes == 7
+    with torch.no_grad():
+        assert model(x).shape == (2, 7)
+    model.reset_classifier(0)
+    with torch.no_grad():
+        assert model(x).shape == (2, model.head_hidden_size)
+
+
+@pytest.mark.parametrize("name", HEAVY)
+def test_forward_features_and_head(name):
+    model = create(name).eval()
+    x = _input(name)
+    with torch.no_grad():
+        features = model.forward_features(x)
+        pre_logits = model.forward_head(features, pre_logits=True)
+        logits = model.forward_head(features)
+        full = model(x)
+    assert pre_logits.shape == (2, model.head_hidden_size)
+    if features.dim() == 4:
+        assert features.shape[1] == model.num_features
+    else:
+        assert features.shape[-1] == model.num_features
+    assert _close(logits, full)
+    assert model.get_classifier() is not None
+
+
+@pytest.mark.parametrize("name", HEAVY)
+@pytest.mark.parametrize("feature_cls", [None, "getter"])
+def test_features_only(name, feature_cls):
+    kwargs = {"feature_cls": feature_cls} if feature_cls else {}
+    model = create(name, features_only=True, **kwargs).eval()
+    reference = create(name)
+    assert model.feature_info.channels() == [info["num_chs"] for info in reference.feature_info]
+    for size_index in (0, 1):
+        x = _input(name, size_index)
+        with torch.no_grad():
+            maps = model(x)
+        _check_maps(maps, reference, *x.shape[-2:])
+        assert all(torch.isfinite(m).all() for m in maps)
+
+
+@pytest.mark.parametrize("name", HEAVY)
+def test_forward_intermediates(name):
+    model = create(name).eval()
+    for size_index in (0, 1):
+        x = _input(name, size_index)
+        with torch.no_grad():
+            final, maps = model.forward_intermediates(x)
+            features = model.forward_features(x)
+            only = model.forward_intermediates(x, intermediates_only=True)
+            _, normed = model.forward_intermediates(x, norm=True)
+        _check_maps(maps, model, *x.shape[-2:])
+        assert _close(final, features), "forward_intermediates' final output differs from forward_features"
+        assert len(only) == len(maps) and all(_close(a, b) for a, b in zip(only, maps))
+        if features.dim() == 4 and features.shape == normed[-1].shape:
+            assert _close(normed[-1], features), "last intermediate (norm=True) differs from forward_features"
+
+
+@pytest.mark.parametrize("name", HEAVY)
+def test_prune_intermediate_layers(name):
+    model = create(name).eval()
+    x = _input(name)
+    with torch.no_grad():
+        first = model.forward_intermediates(x, indices=[0], intermediates_only=True)[0]
+    model.prune_intermediate_layers(indices=[0], prune_head=True)
+    with torch.no_grad():
+        pruned_first = model.forward_intermediates(x, indices=[0], intermediates_only=True)[0]
+    assert _close(first, pruned_first)
+    assert sum(p.numel() for p in model.parameters()) < sum(p.numel() for p in create(name, device="meta").parameters())
+
+
+@pytest.mark.parametrize("name", HEAVY)
+def test_gradient_checkpointing_gives_same_output(name):
+    model = create(name).train()
+    x = _input(name)
+    expected = model(x)
+    model.set_grad_checkpointing(True)
+    assert model.grad_checkpointing
+    actual = model(x)
+    assert _close(actual, expected, rtol=1e-4, atol=1e-4)
+    actual.mean().backward()
+
+
+@pytest.mark.parametrize("name", EVERY)
+def test_group_matcher_and_no_weight_decay(name):
+    model = create(name, device="meta")
+    names = {n for n, _ in model.named_parameters()}
+    for coarse in (False, True):
+        groups = group_parameters(model, model.group_matcher(coarse=coarse))
+        grouped = set().union(*(set(g) for g in groups.values()))
+        assert grouped == names, f"group_matcher(coarse={coarse}) misses {sorted(names - grouped)[:5]}"
+    for entry in model.no_weight_decay():
+        assert any(n == entry or fnmatch.fnmatch(n, entry) or n.startswith(entry + ".") for n in names), (
+            f"no_weight_decay names {entry!r}, which matches no parameter"
+        )
+
+
+@pytest.mark.parametrize("name", HEAVY)
+def test_bf16_forward(name):
+    model = create(name).eval().to(torch.bfloat16)
+    with torch.no_grad():
+        out = model(_input(name, batch=1).to(torch.bfloat16))
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()
+
+
+@pytest.mark.parametrize("name", HEAVY)
+def test_checkpoint_filter_round_trip(name):
+    model = create(name).eval()
+    with torch.no_grad():
+        for buffer in model.buffers():
+            if buffer.is_floating_point():
+                buffer.uniform_(0.5, 1.5)
+    state = model.state_dict()
+    converted = family_module(model).checkpoint_filter_fn(dict(state), model)
+    assert set(converted) == set(state)
+    assert all(torch.equal(converted[k], state[k]) for k in state)
+    wrapped = {"model": {f"module.{k}": v for k, v in state.items()}, "epoch": torch.tensor(3)}
+    clone = create(name).eval()
+    load_checkpoint(clone, wrapped, filter_fn=family_module(model).checkpoint_filter_fn)
+    x = _input(name)
+    with torch.no_grad():
+        assert _close(clone(x), model(x))
+
+
+@pytest.mark.parametrize("name", HEAVY)
+def test_compile_fullgraph_captures_whole_model(name):
+    """Dynamo must capture the model in one graph; ``aot_eager`` checks that without inductor's codegen."""
+    model = create(name).eval()
+    x = _input(name, batch=1)
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    with torch.no_grad():
+        assert _close(compiled(x), model(x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", HEAVY)
+def test_compile_inductor_matches_eager(name):
+    model = create(name).eval()
+    x = _input(name, batch=1)
+    compiled = torch.compile(model, fullgraph=True)
+    with torch.no_grad():
+        assert _close(compiled(x), model(x), rtol=1e-4, atol=1e-4)
