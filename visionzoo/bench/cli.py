@@ -25,7 +25,7 @@ from visionzoo.models._factory import UnknownModelError, check_model_name, list_
 DEFAULT_OUTPUT_DIR = Path("output/bench")
 DEFAULT_README_PLOT = Path("docs/images/bench_top1_vs_throughput.png")
 # The README's main job: the smallest variant of every family, on the CPU, in a few minutes on 2 cores.
-DEFAULT_SET_SETTINGS = {"batch_size": 8, "warmup": 1, "time_budget": 1.0}
+DEFAULT_SET_SETTINGS = {"batch_size": 4, "warmup": 1, "time_budget": 1.0}
 DEFAULT_SCHEDULE = Schedule()
 
 
@@ -65,11 +65,13 @@ def resolve_models(requested: list[str]) -> list[str]:
 def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "bench", help="measure params, MACs, throughput, latency, memory, train speed and efficiency",
-        description=__doc__.split("\n")[0] + " Figures are medians of repeated, warmed-up, synchronised timings; "
-        "efficiency is achieved GFLOP/s over a large matmul's GFLOP/s measured in the same run.")
+        description="Measure zoo models, optionally side by side with timm, and write tables and a plot. "
+        "Figures are medians of repeated, warmed-up, synchronised timings; efficiency is achieved GFLOP/s "
+        "over a large matmul's GFLOP/s measured in the same run.")
     parser.add_argument("models", nargs="*", help="zoo model names or shell patterns, e.g. vz_shvit_s1 'vz_*'")
     parser.add_argument("--default-set", action="store_true",
-                        help="the smallest variant of each family, with quick CPU settings (the README's main job)")
+                        help="the smallest variant of each family, with quick settings (batch 4, 1 warm-up call, "
+                             "1 s per measurement; the README's main job)")
     parser.add_argument("--list", action="store_true", help="print the models that would be measured and stop")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     parser.add_argument("--batch-size", type=int, help="throughput batch size (default: 32 on cpu, 256 on cuda)")
@@ -78,7 +80,7 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     parser.add_argument("--channels-last", action="store_true", help="NHWC memory format for weights and inputs")
     parser.add_argument("--compile", action="store_true", help="torch.compile the models")
     parser.add_argument("--deploy", action="store_true", help="fold BatchNorms (visionzoo.layers.fuse_model)")
-    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: one per usable core)")
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's, one per physical core)")
     parser.add_argument("--warmup", type=int, help=f"untimed calls before timing (default: {DEFAULT_SCHEDULE.warmup})")
     budget = parser.add_mutually_exclusive_group()
     budget.add_argument("--iters", type=int, help=f"timed calls per measurement (default: {DEFAULT_SCHEDULE.iters})")

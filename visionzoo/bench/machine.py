@@ -26,12 +26,11 @@ def cpu_model() -> str:
 
 
 def pin_threads(threads: int | None) -> int:
-    """Fix torch's intra-op thread count (``None``: one per core this process may run on) and return it."""
+    """Fix torch's intra-op thread count for the run (``None``: torch's default, one per physical core) and
+    return it, so that every model and the peak matmul run with the same count."""
     if threads is not None and threads < 1:
         raise ValueError(f"--threads must be at least 1, got {threads}")
-    if threads is None:
-        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    torch.set_num_threads(threads)
+    torch.set_num_threads(threads if threads is not None else torch.get_num_threads())
     return torch.get_num_threads()
 
 

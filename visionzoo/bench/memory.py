@@ -2,10 +2,14 @@
 
 On the GPU the figure is ``torch.cuda.max_memory_allocated`` (weights, activations and workspace; not the caching
 allocator's reserve). On the CPU it is the growth of the process's peak resident set (VmHWM) over its size before
-the work, after resetting the peak through /proc/self/clear_refs (Linux); elsewhere it is not available.
+the work, after returning the C allocator's free memory to the system (glibc ``malloc_trim``; otherwise memory
+freed by earlier work is reused without growing the resident set and the figure reads low) and resetting the peak
+through /proc/self/clear_refs (Linux); elsewhere it is not available.
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 from pathlib import Path
 from typing import Callable
 
@@ -20,6 +24,13 @@ def _status_kib(field: str) -> int:
         if line.startswith(field + ":"):
             return int(line.split()[1])
     raise OSError(f"{field} missing from {_STATUS}")
+
+
+def _release_free_heap() -> None:
+    libc_name = ctypes.util.find_library("c")
+    libc = ctypes.CDLL(libc_name) if libc_name else None
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
 
 
 def _reset_peak_rss() -> bool:
@@ -38,6 +49,7 @@ def peak_memory_mb(work: Callable[[], object], device: torch.device) -> dict:
         work()
         torch.cuda.synchronize(device)
         return {"mb": torch.cuda.max_memory_allocated(device) / 2**20, "method": "cuda_max_allocated"}
+    _release_free_heap()
     if not (_STATUS.exists() and _reset_peak_rss()):
         work()
         return {"mb": None, "method": "unavailable (needs Linux /proc/self/clear_refs)"}
