@@ -329,6 +329,7 @@ def test_cli_end_to_end_writes_results(tmp_path, capsys):
     (["vz_benchtest_tiy"], "Did you mean: vz_benchtest_tiny"),
     (["vz_nothing_here_*"], "matches no zoo model"),
     ([ZOO_NAME, "--dtype", "fp16"], "fp16 is a GPU precision"),
+    ([ZOO_NAME, "--device", "tpu"], "--device must be cpu or cuda"),
     ([ZOO_NAME, "--dtype", "fp8"], "--dtype must be fp32, bf16 or fp16"),
     ([ZOO_NAME, "--runtime", "onnxruntime"], "visionzoo.export"),
     ([ZOO_NAME, "--runtime", "tvm"], "not available; available: torch"),

@@ -6,12 +6,9 @@ Wire into the ``visionzoo`` command with ``add_bench_parser(subparsers)``; the p
 from __future__ import annotations
 
 import argparse
-import fnmatch
 import shlex
 import sys
 from pathlib import Path
-
-import torch
 
 from visionzoo.bench.report import ResultsFormatError, format_console, render_readme, write_outputs
 from visionzoo.bench.runner import DEFAULT_BATCH_SIZE, BenchArgumentError, BenchSettings
@@ -106,7 +103,7 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
 
 def _settings(args: argparse.Namespace) -> BenchSettings:
     preset = DEFAULT_SET_SETTINGS if args.default_set else {}
-    device_type = torch.device(args.device).type if args.device in ("cpu", "cuda") else args.device
+    device_type = args.device.split(":")[0]
     time_budget = args.time_budget if args.iters is None else None
     if time_budget is None and args.iters is None:
         time_budget = preset.get("time_budget")

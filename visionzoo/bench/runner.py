@@ -38,9 +38,9 @@ class BenchSettings:
     train: bool = True
 
     def validate(self) -> None:
-        device_type = torch.device(self.device).type
+        device_type = self.device.split(":")[0]
         if device_type not in ("cpu", "cuda"):
-            raise BenchArgumentError(f"--device must be cpu or cuda, got {self.device!r}")
+            raise BenchArgumentError(f"--device must be cpu or cuda (or cuda:N), got {self.device!r}")
         if device_type == "cuda" and not torch.cuda.is_available():
             raise BenchArgumentError("--device cuda was asked for but torch sees no CUDA GPU here "
                                      "(torch.cuda.is_available() is False); use --device cpu")
