@@ -17,8 +17,8 @@ from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
 FLOP_COUNTER_NOTE = (
-    "MACs from torch.utils.flop_counter: matmul, conv and scaled-dot-product/flex attention (forward and "
-    "backward); elementwise ops, norms, softmax, pooling, FFTs and deformable convs are not counted."
+    "torch.utils.flop_counter counts matmul, conv and scaled-dot-product/flex attention (forward and backward); "
+    "elementwise ops, norms, softmax, pooling, FFTs and deformable convs are not counted."
 )
 
 _aten = torch.ops.aten
