@@ -185,6 +185,16 @@ def test_macs_count_conv_linear_and_cpu_sdpa():
     assert count_params(fuse_model(model)) == count_params(model) - 2 * WIDTH + WIDTH  # BN folded into a bias
 
 
+@pytest.mark.parametrize("groups", [1, 4, 16])
+def test_train_macs_price_each_conv_gradient_like_the_forward(groups):
+    conv = nn.Conv2d(16, 16, 3, padding=1, groups=groups, bias=False)
+    conv.pretrained_cfg = {}
+    forward = count_macs(conv, (16, 8, 8))
+    assert forward == 8 * 8 * 16 * (16 // groups) * 9
+    # The first layer's input needs no gradient, so backward is the weight gradient only: one more forward's worth.
+    assert count_train_macs(conv, (16, 8, 8)) == 2 * forward
+
+
 def test_cpu_peak_memory_reports_its_method():
     measured = peak_memory_mb(lambda: torch.ones(2**22).sum(), torch.device("cpu"))
     assert measured["method"] in ("rss_peak_growth", "unavailable (needs Linux /proc/self/clear_refs)")
@@ -258,6 +268,17 @@ def test_vs_timm_with_unconvertible_keys_aborts_the_pair(tiny_card, monkeypatch)
     doc = run_suite([ZOO_NAME], TINY, vs="timm", timer=ScriptedTimer(), matmul_size=16, progress=False)
     vs = doc["results"][0]["vs"]
     assert vs["status"] == "mismatch" and "did not turn timm's state dict into ours" in vs["message"]
+
+
+def test_a_failing_comparison_model_keeps_the_zoo_figures(tiny_card):
+    def fixed_size_baseline(name: str, **kwargs) -> nn.Module:
+        return nn.Sequential(nn.Flatten(), nn.Linear(3 * 224 * 224, 5))
+
+    doc = run_suite([ZOO_NAME], TINY, vs="resnet18", build_other=fixed_size_baseline, timer=ScriptedTimer(),
+                    matmul_size=16, progress=False)
+    record = doc["results"][0]
+    assert record["error"] is None and record["infer"]["img_per_s"] > 0
+    assert record["vs"]["status"] == "error" and "timing resnet18 failed: RuntimeError" in record["vs"]["message"]
 
 
 def test_vs_timm_without_counterpart_is_noted(tiny_card):

@@ -3,9 +3,9 @@
 FlopCounterMode counts the FLOPs of matmul-like ops (mm, bmm, addmm, baddbmm, convolution, scaled dot-product
 attention, flex attention, and their backward ops); we report MACs = FLOPs / 2, the unit most papers quote.
 Elementwise ops, normalisation, softmax, pooling, FFTs and torchvision's deformable convolution are not counted,
-so ops dominated by those read low. torch ships no formula for the CPU flash-attention kernel that
-``F.scaled_dot_product_attention`` dispatches to on the CPU (it would count as zero); importing this module
-registers one, with torch's own SDPA formulas, so counts agree between CPU and GPU.
+so ops dominated by those read low. Two fixes to torch's formulas are applied (``FORMULA_FIXES``): the CPU
+flash-attention kernel that ``F.scaled_dot_product_attention`` dispatches to on the CPU has no formula (it would
+count as zero), and the weight gradient of a grouped convolution is priced as a dense one.
 """
 from __future__ import annotations
 
@@ -24,21 +24,33 @@ FLOP_COUNTER_NOTE = (
 _aten = torch.ops.aten
 
 
-def _register_cpu_sdpa_formulas() -> None:
-    forward = _aten._scaled_dot_product_flash_attention_for_cpu
-    backward = _aten._scaled_dot_product_flash_attention_for_cpu_backward
-    if forward not in flop_counter.flop_registry:
-        @flop_counter.register_flop_formula(forward)
-        def _cpu_sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
-            return flop_counter.sdpa_flop_count(query_shape, key_shape, value_shape)
-    if backward not in flop_counter.flop_registry:
-        @flop_counter.register_flop_formula(backward)
-        def _cpu_sdpa_backward_flops(grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None,
-                                     **kwargs) -> int:
-            return flop_counter.sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
+def _cpu_sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    return flop_counter.sdpa_flop_count(query_shape, key_shape, value_shape)
 
 
-_register_cpu_sdpa_formulas()
+def _cpu_sdpa_backward_flops(grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None,
+                             **kwargs) -> int:
+    return flop_counter.sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
+
+
+def _conv_backward_flops(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation, transposed,
+                         _output_padding, _groups, output_mask, out_shape=None, **kwargs) -> int:
+    # The input gradient and the weight gradient each cost what the forward convolution costs. torch's own formula
+    # prices the weight gradient as if the convolution were dense, `groups` times too high for depthwise convs.
+    forward = flop_counter.conv_flop_count(x_shape, w_shape, grad_out_shape, transposed=transposed)
+    return forward * (int(output_mask[0]) + int(output_mask[1]))
+
+
+# Passed to every FlopCounterMode here, on top of torch's registry.
+FORMULA_FIXES = {
+    _aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flops,
+    _aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_sdpa_backward_flops,
+    _aten.convolution_backward: _conv_backward_flops,
+}
+
+
+def flop_counter_mode() -> FlopCounterMode:
+    return FlopCounterMode(display=False, custom_mapping=FORMULA_FIXES)
 
 
 def _sample_like(model: nn.Module, input_size: tuple[int, int, int], batch_size: int) -> torch.Tensor:
@@ -60,7 +72,7 @@ def count_macs(model: nn.Module, input_size: tuple[int, int, int], batch_size: i
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        with torch.no_grad(), flop_counter_mode() as counter:
             model(sample)
     finally:
         model.train(was_training)
@@ -74,7 +86,7 @@ def count_train_macs(model: nn.Module, input_size: tuple[int, int, int]) -> int:
     """
     trainee = copy.deepcopy(model).train()
     sample = _sample_like(trainee, input_size, batch_size=2)
-    with FlopCounterMode(display=False) as counter:
+    with flop_counter_mode() as counter:
         surrogate_loss(trainee(sample)).backward()
     return counter.get_total_flops() // 4
 

@@ -79,7 +79,7 @@ def card_of(name: str) -> dict | None:
 
 
 def input_size_of(model: nn.Module, img_size: int | None) -> tuple[int, int, int]:
-    channels, height, width = model.pretrained_cfg.get("input_size", (3, 224, 224))
+    channels, height, width = getattr(model, "pretrained_cfg", {}).get("input_size", (3, 224, 224))
     return (channels, img_size, img_size) if img_size else (channels, height, width)
 
 

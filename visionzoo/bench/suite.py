@@ -56,9 +56,20 @@ def benchmark_one(name: str, settings: BenchSettings, timer: Timer, peak_gflops:
                              prepare=prepare)
     if vs is not None:
         on_phase("vs")
-        skipped = pair is not None and "status" in pair
-        record["vs"] = pair if skipped else _time_against(built["model"], settings, timer, vs, pair, build_other)
+        record["vs"] = pair if pair is not None and "status" in pair else _side_by_side_or_why_not(
+            built["model"], settings, timer, vs, pair, build_other)
     return record
+
+
+def _side_by_side_or_why_not(zoo_model: nn.Module, settings: BenchSettings, timer: Timer, vs: str,
+                             pair: dict | None, build_other: Callable[[str], nn.Module]) -> dict:
+    """The comparison's record; if the other model cannot run (e.g. a fixed input size), why, without losing ours."""
+    against = pair["against"] if pair else vs
+    try:
+        return _time_against(zoo_model, settings, timer, vs, pair, build_other)
+    except Exception as error:  # noqa: BLE001  (the zoo model's own figures are already measured)
+        return {"against": against, "kind": "timm_pair" if pair else "baseline", "status": "error",
+                "message": f"timing {against} failed: {type(error).__name__}: {error}"}
 
 
 def _failed(name: str, error: str) -> dict:
