@@ -15,6 +15,9 @@ from typing import Callable
 
 import torch
 
+MEMORY_NOTE = ("GPU: torch.cuda.max_memory_allocated during one call (weights included); CPU: growth of the peak "
+               "resident set during one call over the size before it, after trimming the C heap (Linux only).")
+
 _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
 

@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from visionzoo.bench.flops import FLOP_COUNTER_NOTE
 from visionzoo.bench.machine import DTYPES, machine_info, measure_matmul_peak, pin_threads
-from visionzoo.bench.memory import __doc__ as MEMORY_NOTE
+from visionzoo.bench.memory import MEMORY_NOTE
 from visionzoo.bench.runner import BenchSettings, benchmark_model, card_of, input_size_of
 from visionzoo.bench.timing import Schedule, Timer, timer_for
 from visionzoo.bench.vs import TIMM, pair_with_timm, time_side_by_side
@@ -89,9 +89,12 @@ def run_suite(names: list[str], settings: BenchSettings, vs: str | None = None, 
     peak_schedule = Schedule(warmup=1, iters=5)
     peak = measure_matmul_peak(device, DTYPES[settings.dtype], timer, peak_schedule, size=matmul_size)
     results = []
-    bar = tqdm(total=len(names) * len(PHASES), desc="bench", unit="step", file=sys.stderr, disable=not progress,
-               leave=False)
-    for name in names:
+    # The bar draws on a terminal only; in logs (CI, tools/setup.sh) one line per model says where the run is.
+    bar = tqdm(total=len(names) * len(PHASES), desc="bench", unit="step", file=sys.stderr,
+               disable=None if progress else True, leave=False)
+    for index, name in enumerate(names, start=1):
+        if progress and bar.disable:
+            print(f"bench: [{index}/{len(names)}] {name}", file=sys.stderr, flush=True)
         done = {"count": 0}
 
         def on_phase(phase: str, model_name: str = name) -> None:
@@ -116,6 +119,6 @@ def run_suite(names: list[str], settings: BenchSettings, vs: str | None = None, 
         "machine": {**machine_info(device), "torch_threads": pinned},
         "settings": settings.as_dict(),
         "peak": peak,
-        "notes": {"macs": FLOP_COUNTER_NOTE, "memory": " ".join(MEMORY_NOTE.split())},
+        "notes": {"macs": FLOP_COUNTER_NOTE, "memory": MEMORY_NOTE},
         "results": results,
     }
