@@ -23,7 +23,7 @@ from visionzoo.bench.memory import peak_memory_mb
 from visionzoo.bench.runner import BenchArgumentError, BenchSettings
 from visionzoo.bench.suite import run_suite
 from visionzoo.bench.timing import Schedule, WallTimer, measure, measure_alternating, summarize
-from visionzoo.bench.vs import speed_ratio, summarize_pair
+from visionzoo.bench.vs import perturb_parameters, speed_ratio, summarize_pair
 from visionzoo.layers.fuse import fuse_model
 
 ZOO_NAME = "vz_benchtest_tiny"
@@ -279,6 +279,15 @@ def test_a_failing_comparison_model_keeps_the_zoo_figures(tiny_card):
     record = doc["results"][0]
     assert record["error"] is None and record["infer"]["img_per_s"] > 0
     assert record["vs"]["status"] == "error" and "timing resnet18 failed: RuntimeError" in record["vs"]["message"]
+
+
+def test_perturbation_wakes_zero_initialised_parameters_before_the_check():
+    model = TinyTimmLayout()
+    nn.init.zeros_(model.head.weight)
+    before = {name: param.clone() for name, param in model.named_parameters()}
+    perturb_parameters(model)
+    assert all(not torch.equal(param, before[name]) for name, param in model.named_parameters())
+    assert model.head.weight.abs().min() > 0
 
 
 def test_vs_timm_without_counterpart_is_noted(tiny_card):

@@ -1,7 +1,7 @@
 """Side by side with another implementation: ``--vs timm`` (timm's model of the same architecture, with the same
 weights) or ``--vs NAME`` (any registered model as a fixed baseline), timed alternately.
 
-For a timm pair, timm's randomly initialised state dict is converted by the family module's
+For a timm pair, timm's randomly initialised (and then perturbed) state dict is converted by the family module's
 ``checkpoint_filter_fn`` and loaded strictly into ours; the two must then agree on a random batch, or the pair is
 abandoned with a message saying by how much they differ.
 """
@@ -35,6 +35,16 @@ def check_baseline_name(name: str) -> str:
     close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
     raise ValueError(f"--vs {name!r} is neither 'timm' nor a registered model.{hint}")
+
+
+@torch.no_grad()
+def perturb_parameters(model: nn.Module, scale: float = 0.02, seed: int = 0) -> None:
+    """Add seeded noise to every parameter, so that parts initialised to zero or one (layer scales, heads, norm
+    affines) take part in the agreement check instead of hiding a wrong conversion."""
+    generator = torch.Generator().manual_seed(seed)
+    for param in model.parameters():
+        if param.is_floating_point():
+            param.add_(torch.randn(param.shape, generator=generator).to(param) * scale)
 
 
 def copy_timm_weights(zoo_model: nn.Module, timm_model: nn.Module) -> None:
@@ -79,6 +89,7 @@ def pair_with_timm(zoo_name: str, timm_name: str, build_timm: Callable[..., nn.M
 
     def prepare(zoo_model: nn.Module) -> None:
         reference = build_timm(timm_name, num_classes=zoo_model.num_classes)
+        perturb_parameters(reference)
         try:
             copy_timm_weights(zoo_model, reference)
             input_size = input_size_of(zoo_model, None)
