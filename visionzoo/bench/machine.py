@@ -61,6 +61,9 @@ def machine_info(device: torch.device) -> dict:
             compute_capability=f"{props.major}.{props.minor}",
             cuda=torch.version.cuda,
             cudnn=torch.backends.cudnn.version(),
+            cudnn_benchmark=torch.backends.cudnn.benchmark,
+            float32_matmul_precision=torch.get_float32_matmul_precision(),
+            cudnn_allow_tf32=torch.backends.cudnn.allow_tf32,
         )
     return info
 

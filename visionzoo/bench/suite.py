@@ -86,6 +86,8 @@ def run_suite(names: list[str], settings: BenchSettings, vs: str | None = None, 
     device = torch.device(settings.device)
     pinned = pin_threads(threads)
     timer = timer or timer_for(device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # pick the fastest conv algorithms during warm-up, as deployments do
     peak_schedule = Schedule(warmup=1, iters=5)
     peak = measure_matmul_peak(device, DTYPES[settings.dtype], timer, peak_schedule, size=matmul_size)
     results = []
