@@ -128,7 +128,7 @@ def header_lines(doc: dict) -> list[str]:
         f"{machine['usable_cores']} usable cores; torch {machine['torch']}, timm {machine['timm']}, "
         f"measured {machine['date_utc']}.",
         f"Settings: {settings['dtype']}, batch {settings['batch_size']}, {size}, runtime {settings['runtime']}"
-        f"{', ' + ', '.join(flags) if flags else ''}; {settings['warmup']} warm-up calls, {timing}; "
+        f"{', ' + ', '.join(flags) if flags else ''}; {settings['warmup']} warm-up call(s), {timing}; "
         "medians, ± = (p90 − p10) / median.",
         f"Peak: {peak['gflops']:.1f} GFLOP/s ({peak['dtype']} {peak['matmul_size']}² matmul, median); "
         "efficiency = model GFLOP/s (2 × MACs × img/s) / peak.",
