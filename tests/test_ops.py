@@ -38,6 +38,16 @@ def test_sdpa_fast_path_matches_reference(shape):
     torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)
 
 
+@given(st.integers(1, 3), st.integers(1, 20), st.sampled_from([3, 5]))
+def test_sdpa_fast_path_handles_other_ranks(batch, tokens, rank):
+    lead = (batch,) if rank == 3 else (batch, 2, 3)
+    q, k = torch.randn(*lead, tokens, 8), torch.randn(*lead, tokens + 1, 8)
+    v = torch.randn(*lead, tokens + 1, 5)
+    bias = torch.randn(tokens, tokens + 1)
+    expected = sdpa_reference(q, k, v, attn_bias=bias)
+    torch.testing.assert_close(scaled_dot_product_attention(q, k, v, attn_bias=bias, backend="sdpa"), expected)
+
+
 def test_sdpa_gradients_match_reference():
     q, k, v = (torch.randn(2, 3, 9, 8, requires_grad=True) for _ in range(3))
     bias = torch.randn(3, 9, 9)

@@ -2,23 +2,26 @@
 
 FlopCounterMode counts the FLOPs of matmul-like ops (mm, bmm, addmm, baddbmm, convolution, scaled dot-product
 attention, flex attention, and their backward ops); we report MACs = FLOPs / 2, the unit most papers quote.
-Elementwise ops, normalisation, softmax, pooling, FFTs and torchvision's deformable convolution are not counted,
-so ops dominated by those read low. Two fixes to torch's formulas are applied (``FORMULA_FIXES``): the CPU
-flash-attention kernel that ``F.scaled_dot_product_attention`` dispatches to on the CPU has no formula (it would
-count as zero), and the weight gradient of a grouped convolution is priced as a dense one.
+Elementwise ops, normalisation, softmax, pooling and FFTs are not counted, so ops dominated by those read low.
+``FORMULA_FIXES`` completes torch's table: SDPA's CPU kernel (``_scaled_dot_product_flash_attention_for_cpu``, what
+``F.scaled_dot_product_attention`` runs on the CPU, and its backward) counted like the GPU kernels; torchvision's
+deformable convolution, counted like the plain conv of its weight (one MAC per weight use per output position; the
+bilinear sampling and its backward are not counted); and the weight gradient of a grouped convolution, which
+torch prices as a dense one.
 """
 from __future__ import annotations
 
 import copy
 
 import torch
+import torchvision  # noqa: F401  (registers torch.ops.torchvision, whose deform_conv2d we count)
 from torch import nn
 from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
 FLOP_COUNTER_NOTE = (
-    "torch.utils.flop_counter counts matmul, conv and scaled-dot-product/flex attention (forward and backward); "
-    "elementwise ops, norms, softmax, pooling, FFTs and deformable convs are not counted."
+    "torch.utils.flop_counter counts matmul, conv and scaled-dot-product/flex attention (forward and backward) and "
+    "deformable convs (forward, as plain convs); elementwise ops, norms, softmax, pooling and FFTs are not counted."
 )
 
 _aten = torch.ops.aten
@@ -31,6 +34,14 @@ def _cpu_sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, 
 def _cpu_sdpa_backward_flops(grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None,
                              **kwargs) -> int:
     return flop_counter.sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
+
+
+def _deform_conv2d_flops(input_shape, weight_shape, *args, out_shape=None, **kwargs) -> int:
+    _, in_chs_per_group, kernel_h, kernel_w = weight_shape
+    output_elements = 1
+    for size in out_shape:
+        output_elements *= size
+    return 2 * output_elements * in_chs_per_group * kernel_h * kernel_w
 
 
 def _conv_backward_flops(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation, transposed,
@@ -46,6 +57,7 @@ FORMULA_FIXES = {
     _aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flops,
     _aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_sdpa_backward_flops,
     _aten.convolution_backward: _conv_backward_flops,
+    torch.ops.torchvision.deform_conv2d: _deform_conv2d_flops,
 }
 
 

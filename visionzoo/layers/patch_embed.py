@@ -28,7 +28,7 @@ class PatchEmbed(nn.Module):
             in_chans, embed_dim, kernel_size, stride=patch_size, padding=(kernel_size - patch_size + 1) // 2,
             device=device, dtype=dtype,
         )
-        self.norm = norm_layer(embed_dim) if norm_layer else nn.Identity()
+        self.norm = norm_layer(embed_dim, device=device, dtype=dtype) if norm_layer else nn.Identity()
         self.patch_size = patch_size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

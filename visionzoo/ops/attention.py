@@ -44,4 +44,13 @@ def _torch_sdpa_supports(q, k, v, attn_bias=None, scale=None, dropout_p=0.0) -> 
 
 @scaled_dot_product_attention.register("sdpa", supports=_torch_sdpa_supports)
 def _sdpa_torch(q, k, v, attn_bias=None, scale=None, dropout_p=0.0):
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias, dropout_p=dropout_p, scale=scale)
+    if q.dim() == 4:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias, dropout_p=dropout_p, scale=scale)
+    # The ONNX exporter (and several fused kernels) take (B, H, L, E) only: view other ranks that way.
+    lead = torch.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
+    q4, k4, v4 = (t.expand(*lead, *t.shape[-2:]).reshape(-1, 1, *t.shape[-2:]) for t in (q, k, v))
+    bias4 = None
+    if attn_bias is not None:
+        bias4 = attn_bias.expand(*lead, q.shape[-2], k.shape[-2]).reshape(-1, 1, q.shape[-2], k.shape[-2])
+    out = F.scaled_dot_product_attention(q4, k4, v4, attn_mask=bias4, dropout_p=dropout_p, scale=scale)
+    return out.reshape(*lead, *out.shape[-2:])

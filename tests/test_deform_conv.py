@@ -1,0 +1,70 @@
+"""DeformConv2d: a plain conv at init, and the official DCN sampling rule with learned offsets."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from visionzoo.layers.deform_conv import DeformConv2d
+
+
+def test_equals_plain_conv_at_init():
+    torch.manual_seed(0)
+    layer = DeformConv2d(6, 10, kernel_size=2, stride=2)
+    x = torch.randn(2, 6, 9, 8)
+    assert not layer.conv_offset.weight.any() and not layer.conv_offset.bias.any()
+    expected = F.conv2d(x, layer.weight, layer.bias, stride=2)
+    torch.testing.assert_close(layer(x), expected, atol=1e-5, rtol=1e-5)
+
+
+def _sample_official_rule(layer: DeformConv2d, x: torch.Tensor) -> torch.Tensor:
+    """Tap (i, j) of output (y, x) reads x at (2y + i + Δy, 2x + j + Δx), bilinear, zero outside the image.
+
+    Offset channel 2·(i·2 + j) is Δy and 2·(i·2 + j) + 1 is Δx (the official kernel's layout).
+    """
+    batch, _, height, width = x.shape
+    offsets = layer.conv_offset(x)
+    out_h, out_w = offsets.shape[-2:]
+    base_y = (torch.arange(out_h) * 2).view(1, -1, 1).float()
+    base_x = (torch.arange(out_w) * 2).view(1, 1, -1).float()
+    out = layer.bias.view(1, -1, 1, 1).expand(batch, -1, out_h, out_w).clone()
+    for i in range(2):
+        for j in range(2):
+            tap = i * 2 + j
+            sample_y = base_y + i + offsets[:, 2 * tap]
+            sample_x = base_x + j + offsets[:, 2 * tap + 1]
+            grid = torch.stack([sample_x / (width - 1) * 2 - 1, sample_y / (height - 1) * 2 - 1], dim=-1)
+            sampled = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+            out = out + torch.einsum("oc,bchw->bohw", layer.weight[:, :, i, j], sampled)
+    return out
+
+
+def test_learned_offsets_follow_the_official_sampling_rule():
+    torch.manual_seed(0)
+    layer = DeformConv2d(4, 6, kernel_size=2, stride=2)
+    with torch.no_grad():
+        layer.conv_offset.weight.normal_(std=0.5)
+        layer.conv_offset.bias.normal_(std=1.0)
+    x = torch.randn(2, 4, 7, 10)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), _sample_official_rule(layer, x), atol=1e-5, rtol=1e-5)
+
+
+def test_offsets_receive_gradients():
+    layer = DeformConv2d(3, 4, kernel_size=2, stride=2)
+    layer(torch.randn(1, 3, 6, 6)).sum().backward()
+    assert layer.conv_offset.weight.grad is not None and layer.conv_offset.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_reduced_precision_runs_in_float32(dtype):
+    torch.manual_seed(0)
+    layer = DeformConv2d(4, 8, kernel_size=2, stride=2)
+    x = torch.randn(1, 4, 6, 6)
+    expected = layer(x)
+    actual = layer.to(dtype)(x.to(dtype))
+    assert actual.dtype == dtype
+    torch.testing.assert_close(actual.float(), expected, atol=5e-2, rtol=5e-2)
+
+
+def test_builds_on_meta_device():
+    layer = DeformConv2d(4, 8, kernel_size=2, stride=2, device="meta")
+    assert layer.weight.is_meta and layer.conv_offset.weight.is_meta

@@ -1,0 +1,140 @@
+"""HiLo attention (LITv2, Pan et al., "Fast Vision Transformers with HiLo Attention", NeurIPS 2022, arXiv 2205.13213).
+
+The heads of one layer are split in two groups that see the same normalised (B, H, W, C) map x:
+
+* Hi-Fi heads (high frequencies) attend only inside non-overlapping s×s windows;
+* Lo-Fi heads (low frequencies) let every token query keys/values computed from x average-pooled over
+  s×s windows, i.e. global attention to (H/s)(W/s) coarse tokens.
+
+Maps whose sides are not multiples of s are padded with zeros on the right/bottom (after the
+normalisation, as the official dense-prediction backbone does), attended, and cropped back. Padded
+tokens are real keys (their projections are the biases) and enter the pooled Lo-Fi keys as zeros.
+
+The op takes the input projections (``hifi_qkv``: q | k | v, head-major; ``lofi_q``; ``lofi_kv``:
+k | v, head-major) and returns the per-head attention outputs, Hi-Fi channels first, before the
+output projections (those act per token, so the layer applies them after the crop).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from visionzoo.ops._dispatch import Op
+from visionzoo.ops.attention import sdpa_reference
+
+
+def _pad_to_window_multiple(x: torch.Tensor, window_size: int) -> torch.Tensor:
+    height, width = x.shape[1], x.shape[2]
+    return F.pad(x, (0, 0, 0, (-width) % window_size, 0, (-height) % window_size))
+
+
+def _head_dim_and_scale(
+    x, window_size, hifi_heads, lofi_heads, hifi_qkv_weight, lofi_q_weight, lofi_kv_weight, scale
+) -> tuple[int, float]:
+    """Validate a call and return its head width and logit scale (head_dim^-1/2 unless given)."""
+    if x.dim() != 4:
+        raise ValueError(f"hilo_attention expects a (B, H, W, C) map, got shape {tuple(x.shape)}")
+    if window_size < 1:
+        raise ValueError(f"window_size must be >= 1, got {window_size}")
+    if hifi_heads < 0 or lofi_heads < 0 or hifi_heads + lofi_heads == 0:
+        raise ValueError(f"need at least one head and no negative counts, got hifi {hifi_heads}, lofi {lofi_heads}")
+    if hifi_heads and (hifi_qkv_weight is None or hifi_qkv_weight.shape[0] % (3 * hifi_heads)):
+        raise ValueError(
+            f"hifi_qkv_weight must be given with 3·hifi_heads·head_dim rows for {hifi_heads} Hi-Fi heads"
+        )
+    if lofi_heads and (
+        lofi_q_weight is None or lofi_kv_weight is None or lofi_q_weight.shape[0] % lofi_heads
+        or lofi_kv_weight.shape[0] != 2 * lofi_q_weight.shape[0]
+    ):
+        raise ValueError(
+            f"lofi_q_weight (lofi_heads·head_dim rows) and lofi_kv_weight (twice as many) must be given "
+            f"for {lofi_heads} Lo-Fi heads"
+        )
+    head_dim = hifi_qkv_weight.shape[0] // (3 * hifi_heads) if hifi_heads else lofi_q_weight.shape[0] // lofi_heads
+    return head_dim, head_dim**-0.5 if scale is None else scale
+
+
+def hilo_attention_reference(
+    x: torch.Tensor,
+    window_size: int,
+    hifi_heads: int,
+    lofi_heads: int,
+    hifi_qkv_weight: torch.Tensor | None = None,
+    hifi_qkv_bias: torch.Tensor | None = None,
+    lofi_q_weight: torch.Tensor | None = None,
+    lofi_q_bias: torch.Tensor | None = None,
+    lofi_kv_weight: torch.Tensor | None = None,
+    lofi_kv_bias: torch.Tensor | None = None,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """HiLo as dense attention over the padded map: Hi-Fi masks to same-window pairs, Lo-Fi keys are window means."""
+    head_dim, scale = _head_dim_and_scale(
+        x, window_size, hifi_heads, lofi_heads, hifi_qkv_weight, lofi_q_weight, lofi_kv_weight, scale
+    )
+    batch, height, width, channels = x.shape
+    padded = _pad_to_window_multiple(x, window_size)
+    padded_height, padded_width = padded.shape[1], padded.shape[2]
+    tokens = padded.reshape(batch, padded_height * padded_width, channels)
+    outputs = []
+    if hifi_heads:
+        qkv = F.linear(tokens, hifi_qkv_weight, hifi_qkv_bias)
+        q, k, v = qkv.reshape(batch, -1, 3, hifi_heads, head_dim).permute(2, 0, 3, 1, 4)
+        rows = torch.arange(padded_height, device=x.device) // window_size
+        cols = torch.arange(padded_width, device=x.device) // window_size
+        window_id = (rows[:, None] * (padded_width // window_size) + cols[None, :]).flatten()
+        same_window = window_id[:, None] == window_id[None, :]
+        outputs.append(sdpa_reference(q, k, v, attn_bias=same_window, scale=scale))
+    if lofi_heads:
+        q = F.linear(tokens, lofi_q_weight, lofi_q_bias).reshape(batch, -1, lofi_heads, head_dim).transpose(1, 2)
+        window_means = padded.reshape(
+            batch, padded_height // window_size, window_size, padded_width // window_size, window_size, channels
+        ).mean(dim=(2, 4))
+        kv = F.linear(window_means.reshape(batch, -1, channels), lofi_kv_weight, lofi_kv_bias)
+        k, v = kv.reshape(batch, -1, 2, lofi_heads, head_dim).permute(2, 0, 3, 1, 4)
+        outputs.append(sdpa_reference(q, k, v, scale=scale))
+    out = torch.cat([o.transpose(1, 2).reshape(batch, padded_height, padded_width, -1) for o in outputs], dim=-1)
+    return out[:, :height, :width]
+
+
+hilo_attention = Op("hilo_attention", hilo_attention_reference)
+
+
+@hilo_attention.register("sdpa")
+def _hilo_attention_sdpa(
+    x: torch.Tensor,
+    window_size: int,
+    hifi_heads: int,
+    lofi_heads: int,
+    hifi_qkv_weight: torch.Tensor | None = None,
+    hifi_qkv_bias: torch.Tensor | None = None,
+    lofi_q_weight: torch.Tensor | None = None,
+    lofi_q_bias: torch.Tensor | None = None,
+    lofi_kv_weight: torch.Tensor | None = None,
+    lofi_kv_bias: torch.Tensor | None = None,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """Hi-Fi windows folded into the batch for one SDPA call; Lo-Fi queries only the unpadded tokens."""
+    head_dim, scale = _head_dim_and_scale(
+        x, window_size, hifi_heads, lofi_heads, hifi_qkv_weight, lofi_q_weight, lofi_kv_weight, scale
+    )
+    batch, height, width, channels = x.shape
+    padded = _pad_to_window_multiple(x, window_size)
+    rows, cols = padded.shape[1] // window_size, padded.shape[2] // window_size
+    outputs = []
+    if hifi_heads:
+        qkv = F.linear(padded, hifi_qkv_weight, hifi_qkv_bias)
+        # (B, rows, s, cols, s, 3, heads, d) -> (3, B·rows·cols, heads, s², d)
+        qkv = qkv.reshape(batch, rows, window_size, cols, window_size, 3, hifi_heads, head_dim)
+        qkv = qkv.permute(5, 0, 1, 3, 6, 2, 4, 7).reshape(3, -1, hifi_heads, window_size * window_size, head_dim)
+        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], scale=scale)
+        out = out.reshape(batch, rows, cols, hifi_heads, window_size, window_size, head_dim)
+        out = out.permute(0, 1, 4, 2, 5, 3, 6).reshape(batch, rows * window_size, cols * window_size, -1)
+        outputs.append(out[:, :height, :width])
+    if lofi_heads:
+        q = F.linear(x, lofi_q_weight, lofi_q_bias).reshape(batch, -1, lofi_heads, head_dim).transpose(1, 2)
+        pooled = F.avg_pool2d(padded.permute(0, 3, 1, 2), window_size) if window_size > 1 else x.permute(0, 3, 1, 2)
+        kv = F.linear(pooled.flatten(2).transpose(1, 2), lofi_kv_weight, lofi_kv_bias)
+        k, v = kv.reshape(batch, -1, 2, lofi_heads, head_dim).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v, scale=scale)
+        outputs.append(out.transpose(1, 2).reshape(batch, height, width, -1))
+    return torch.cat(outputs, dim=-1)
