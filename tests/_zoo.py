@@ -1,6 +1,8 @@
 """Which zoo models the tests exercise, and at what sizes (from the model cards)."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import timm
 
@@ -45,5 +47,18 @@ def family_module(model):
     return __import__(type(model).__module__, fromlist=["checkpoint_filter_fn"])
 
 
+_BUILT: dict = {}
+CACHE_MAX_PARAMS = 60_000_000
+
+
 def create(name: str, **kwargs):
-    return timm.create_model(name, **kwargs)
+    """``timm.create_model`` with a cache: initialising weights dominates the contract's run time, so each
+    (name, kwargs) is built once and later callers get a deep copy they may modify freely. Models above
+    CACHE_MAX_PARAMS are rebuilt each time to keep the slow run's memory bounded."""
+    key = (name, tuple(sorted(kwargs.items())))
+    if key in _BUILT:
+        return copy.deepcopy(_BUILT[key])
+    model = timm.create_model(name, **kwargs)
+    if sum(p.numel() for p in model.parameters()) <= CACHE_MAX_PARAMS:
+        _BUILT[key] = copy.deepcopy(model)
+    return model

@@ -149,7 +149,7 @@ def test_forward_features_and_head(name):
 def test_features_only(name, feature_cls):
     kwargs = {"feature_cls": feature_cls} if feature_cls else {}
     model = create(name, features_only=True, **kwargs).eval()
-    reference = create(name)
+    reference = create(name, device="meta")
     assert model.feature_info.channels() == [info["num_chs"] for info in reference.feature_info]
     for size_index in (0, 1):
         x = _input(name, size_index)

@@ -6,6 +6,7 @@ from torch import nn
 
 from visionzoo.layers.conv_bn import ConvNorm
 from visionzoo.ops import scaled_dot_product_attention
+from visionzoo.ops.channels_first_attention import channels_first_attention
 
 
 class MultiHeadSelfAttention(nn.Module):
@@ -71,9 +72,9 @@ class SingleHeadSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, _, height, width = x.shape
         attended, passed = torch.split(x, [self.partial_dim, x.shape[1] - self.partial_dim], dim=1)
-        q, k, v = self.qkv(self.pre_norm(attended)).split([self.qk_dim, self.qk_dim, self.partial_dim], dim=1)
-        # One head: tokens along the sequence axis, channels last.
-        q, k, v = (t.flatten(2).transpose(1, 2) for t in (q, k, v))
-        out = scaled_dot_product_attention(q, k, v, scale=self.scale)
-        out = out.transpose(1, 2).reshape(batch, self.partial_dim, height, width)
+        qkv = self.qkv(self.pre_norm(attended)).flatten(2)
+        q, k, v = qkv.split([self.qk_dim, self.qk_dim, self.partial_dim], dim=1)
+        # One head on (B, C, N) tokens straight from the map: no transposes to tokens-last and back.
+        out = channels_first_attention(q, k, v, scale=self.scale)
+        out = out.reshape(batch, self.partial_dim, height, width)
         return self.proj(torch.cat([out, passed], dim=1))

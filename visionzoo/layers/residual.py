@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from visionzoo.layers.drop import DropPath
+
 
 def _is_identity_foldable(conv: nn.Module) -> bool:
     if not isinstance(conv, nn.Conv2d) or conv.bias is None:
@@ -15,14 +17,15 @@ def _is_identity_foldable(conv: nn.Module) -> bool:
 
 
 class Residual(nn.Module):
-    """y = x + f(x)."""
+    """y = x + f(x), optionally with stochastic depth on the branch (identity at eval, so folding stays exact)."""
 
-    def __init__(self, fn: nn.Module):
+    def __init__(self, fn: nn.Module, drop_path: float = 0.0):
         super().__init__()
         self.m = fn
+        self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.m(x)
+        return x + self.drop_path(self.m(x))
 
     @torch.no_grad()
     def fuse(self) -> nn.Module:

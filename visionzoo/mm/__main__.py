@@ -1,0 +1,3 @@
+from visionzoo.mm.runner import main
+
+raise SystemExit(main())
