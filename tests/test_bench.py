@@ -8,6 +8,7 @@ import importlib.util
 import json
 import math
 import sys
+from pathlib import Path
 
 import pytest
 import timm
@@ -387,3 +388,13 @@ def test_bad_arguments_exit_2_with_a_clear_message(argv, message, capsys):
 def test_cuda_without_gpu_is_a_clear_error(capsys):
     assert main(["bench", ZOO_NAME, "--device", "cuda"]) == 2
     assert "torch sees no CUDA GPU" in capsys.readouterr().err
+
+
+def test_committed_results_file_renders(tmp_path):
+    """The README's results come from docs/results/*.json: each must still follow the schema this version reads."""
+    committed = sorted((Path(__file__).resolve().parents[1] / "docs" / "results").glob("bench_*.json"))
+    assert committed, "docs/results/ holds no bench_*.json for the README's results table"
+    for path in committed:
+        doc = report.load_results(path)
+        assert doc["results"] and all(record.get("model") for record in doc["results"])
+        assert report.format_markdown(doc).startswith("| model |")
