@@ -390,7 +390,7 @@ def test_cuda_without_gpu_is_a_clear_error(capsys):
     assert "torch sees no CUDA GPU" in capsys.readouterr().err
 
 
-def test_committed_results_file_renders(tmp_path):
+def test_committed_results_file_renders():
     """The README's results come from docs/results/*.json: each must still follow the schema this version reads."""
     committed = sorted((Path(__file__).resolve().parents[1] / "docs" / "results").glob("bench_*.json"))
     assert committed, "docs/results/ holds no bench_*.json for the README's results table"
