@@ -123,6 +123,7 @@ def header_lines(doc: dict) -> list[str]:
     timing = (f"{settings['time_budget_s']} s per measurement" if settings.get("time_budget_s")
               else f"{settings['iters']} timed iterations")
     flags = [flag for flag in ("channels_last", "compile", "deploy") if settings.get(flag)]
+    compared = any(record.get("vs") for record in doc["results"])
     return [
         f"Device: {machine['device_name']} ({machine['device']}), {machine['torch_threads']} torch threads of "
         f"{machine['usable_cores']} usable cores; torch {machine['torch']}, timm {machine['timm']}, "
@@ -133,6 +134,8 @@ def header_lines(doc: dict) -> list[str]:
         f"Peak: {peak['gflops']:.1f} GFLOP/s ({peak['dtype']} {peak['matmul_size']}² matmul, median); "
         "efficiency = model GFLOP/s (2 × MACs × img/s) / peak.",
         f"MACs: {doc['notes']['macs']}",
+        *(["vs: our img/s ÷ the other implementation's at the same batch, timed alternately (> 1: ours is faster); "
+           "timm pairs share weights and their outputs are checked first."] if compared else []),
     ]
 
 
