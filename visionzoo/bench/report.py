@@ -193,6 +193,7 @@ def write_plot(doc: dict, path: Path) -> str | None:
         return "plot skipped: matplotlib is not installed (pip install 'visionzoo[bench]')"
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     points = [r for r in doc["results"] if not r.get("error") and r.get("top1") is not None]
     families = sorted({r.get("family") or "other" for r in points})
@@ -208,6 +209,13 @@ def write_plot(doc: dict, path: Path) -> str | None:
                           xytext=(4, 3), fontsize=7)
     settings, machine = doc["settings"], doc["machine"]
     axes.set_xscale("log")
+    plain_numbers = matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}")
+    speeds = [r["infer"]["img_per_s"] for r in points]
+    within_a_decade = bool(speeds) and max(speeds) < 10 * min(speeds)
+    axes.xaxis.set_major_formatter(plain_numbers)
+    # Minor ticks get numbers only when there are few decades' worth of them, or they overlap.
+    axes.xaxis.set_minor_formatter(plain_numbers if within_a_decade else matplotlib.ticker.NullFormatter())
+    axes.margins(x=0.15)
     axes.set_xlabel(f"measured throughput, img/s (batch {settings['batch_size']}, {settings['dtype']}, "
                     f"{machine['device']})")
     axes.set_ylabel("ImageNet-1k top-1 (paper), %")
