@@ -1,0 +1,400 @@
+"""`visionzoo bench` behaviour: fields, schema, arithmetic from injected timings, side-by-side pairing, outputs and
+argument errors. Nothing here asserts a speed; models are tiny and every measurement runs once or twice."""
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+from timm.models import _registry as timm_registry
+from torch import nn
+
+from visionzoo.bench import report
+from visionzoo.bench.cli import add_bench_parser, default_model_set
+from visionzoo.bench.flops import count_macs, count_params, count_train_macs
+from visionzoo.bench.machine import measure_matmul_peak
+from visionzoo.bench.memory import peak_memory_mb
+from visionzoo.bench.runner import BenchArgumentError, BenchSettings
+from visionzoo.bench.suite import run_suite
+from visionzoo.bench.timing import Schedule, WallTimer, measure, measure_alternating, summarize
+from visionzoo.bench.vs import perturb_parameters, speed_ratio, summarize_pair
+from visionzoo.layers.fuse import fuse_model
+
+HAVE_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
+ZOO_NAME = "vz_benchtest_tiny"
+TIMM_NAME = "benchtest_tiny_timmlayout"
+WIDTH = 8
+
+
+def _attend(stem: nn.Module, qkv: nn.Module, head: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    tokens = stem(x).flatten(2).transpose(1, 2)
+    q, k, v = qkv(tokens).unsqueeze(1).chunk(3, dim=-1)
+    return head(F.scaled_dot_product_attention(q, k, v).squeeze(1).mean(1))
+
+
+class TinyAttentionNet(nn.Module):
+    """Conv-BN stem, one single-head SDPA over the tokens, linear head: every counted op kind, in a few kFLOPs."""
+
+    def __init__(self, num_classes: int = 5):
+        super().__init__()
+        self.num_classes = num_classes
+        self.pretrained_cfg = {"input_size": (3, 16, 16)}
+        self.stem = nn.Sequential(nn.Conv2d(3, WIDTH, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(WIDTH))
+        self.qkv = nn.Linear(WIDTH, 3 * WIDTH)
+        self.head = nn.Linear(WIDTH, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _attend(self.stem, self.qkv, self.head, x)
+
+
+class TinyTimmLayout(nn.Module):
+    """The same network under other parameter names, standing in for timm's implementation."""
+
+    def __init__(self, num_classes: int = 5):
+        super().__init__()
+        self.pretrained_cfg = {"input_size": (3, 16, 16)}
+        self.patch_embed = nn.Sequential(nn.Conv2d(3, WIDTH, 3, stride=2, padding=1, bias=False),
+                                         nn.BatchNorm2d(WIDTH))
+        self.attn_qkv = nn.Linear(WIDTH, 3 * WIDTH)
+        self.head = nn.Linear(WIDTH, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _attend(self.patch_embed, self.attn_qkv, self.head, x)
+
+
+PERTURB_FILTER = {"enabled": False}
+
+
+def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict:
+    """timm layout -> ours, as a family module's converter does (the bench finds it through the model's module)."""
+    converted = {}
+    for key, value in state_dict.items():
+        key = key.replace("patch_embed.", "stem.").replace("attn_qkv.", "qkv.")
+        converted[key] = value + 1.0 if PERTURB_FILTER["enabled"] and key == "head.weight" else value
+    return converted
+
+
+def _entrypoint(cls):
+    def create(pretrained=False, pretrained_cfg=None, pretrained_cfg_overlay=None, cache_dir=None, **kwargs):
+        return cls(**kwargs)
+
+    return create
+
+
+@pytest.fixture(scope="module", autouse=True)
+def tiny_models_registered():
+    """Register the two tiny models for this module only, so no other test sees them in timm's registry."""
+    for name, cls in ((ZOO_NAME, TinyAttentionNet), (TIMM_NAME, TinyTimmLayout)):
+        entrypoint = _entrypoint(cls)
+        entrypoint.__name__ = name
+        entrypoint.__module__ = __name__
+        timm.models.register_model(entrypoint)
+    yield
+    for name in (ZOO_NAME, TIMM_NAME):
+        timm_registry._clear_model_entries(name)
+        timm_registry._model_entrypoints.pop(name, None)
+
+
+@pytest.fixture
+def tiny_card(monkeypatch):
+    card = {"family": "benchtest", "top1": 71.5, "paper_gmacs": None, "timm_name": TIMM_NAME}
+    monkeypatch.setattr("visionzoo.bench.runner.card_of", lambda name: dict(card) if name == ZOO_NAME else None)
+    monkeypatch.setattr("visionzoo.bench.suite.card_of", lambda name: dict(card) if name == ZOO_NAME else None)
+    return card
+
+
+class ScriptedTimer:
+    """Calls the function and reports a scripted duration: fixed, or chosen by the label the call appended."""
+
+    def __init__(self, seconds: float = 0.5, by_label: dict[str, float] | None = None):
+        self.seconds = seconds
+        self.by_label = by_label or {}
+        self.calls: list[str] = []
+
+    def time_call(self, fn) -> float:
+        fn()
+        if self.by_label:
+            return self.by_label[self.calls[-1]]
+        return self.seconds
+
+    def synchronize(self) -> None:
+        self.calls.append("sync")
+
+
+def main(argv: list[str]) -> int:
+    """``visionzoo bench ...`` through the subcommand's own parser, as the ``visionzoo`` command wires it."""
+    parser = argparse.ArgumentParser(prog="visionzoo")
+    add_bench_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+TINY = BenchSettings(batch_size=2, schedule=Schedule(warmup=0, iters=1))
+
+
+def test_summarize_median_percentiles_and_spread():
+    stats = summarize([4.0, 1.0, 3.0, 2.0, 5.0])
+    assert stats["n"] == 5 and stats["median_s"] == 3.0
+    assert stats["min_s"] == 1.0 and stats["max_s"] == 5.0
+    assert math.isclose(stats["p10_s"], 1.4) and math.isclose(stats["p90_s"], 4.6)
+    assert math.isclose(stats["spread"], (4.6 - 1.4) / 3.0)
+    with pytest.raises(ValueError, match="no timings"):
+        summarize([])
+
+
+def test_measure_warms_up_then_times_iters_or_budget():
+    calls = []
+    timer = ScriptedTimer(seconds=0.25)
+    times = measure(lambda: calls.append(1), timer, Schedule(warmup=2, iters=3))
+    assert times == [0.25] * 3 and len(calls) == 5
+    budgeted = measure(lambda: None, timer, Schedule(warmup=0, iters=100, time_budget=1.0, min_iters=2))
+    assert budgeted == [0.25] * 4  # stops once the timed total reaches the budget, ignoring iters
+    assert measure(lambda: None, ScriptedTimer(5.0), Schedule(warmup=0, time_budget=1.0, min_iters=2)) == [5.0] * 2
+
+
+def test_alternating_timing_interleaves_and_ratio_comes_from_the_timings():
+    timer = ScriptedTimer(by_label={"zoo": 0.1, "other": 0.3})
+    zoo_times, other_times = measure_alternating(lambda: timer.calls.append("zoo"),
+                                                 lambda: timer.calls.append("other"), timer,
+                                                 Schedule(warmup=1, iters=3))
+    assert timer.calls == ["zoo", "other", "sync"] + ["zoo", "other"] * 3
+    assert zoo_times == [0.1] * 3 and other_times == [0.3] * 3
+    assert math.isclose(speed_ratio(zoo_times, other_times), 3.0)
+    pair = summarize_pair([0.2, 0.1, 0.3], [0.4, 0.5, 0.6], batch_size=8)
+    assert math.isclose(pair["zoo_img_per_s"], 8 / 0.2) and math.isclose(pair["other_img_per_s"], 8 / 0.5)
+    assert math.isclose(pair["speed_ratio"], 0.5 / 0.2)
+
+
+def test_matmul_peak_is_a_positive_figure():
+    peak = measure_matmul_peak(torch.device("cpu"), torch.float32, WallTimer(), Schedule(warmup=1, iters=2), size=64)
+    assert peak["gflops"] > 0 and peak["gflops_best"] >= peak["gflops"]
+    assert peak["matmul_size"] == 64 and peak["dtype"] == "float32"
+
+
+def test_macs_count_conv_linear_and_cpu_sdpa():
+    model = TinyAttentionNet()
+    tokens = 8 * 8
+    expected = (tokens * WIDTH * 27) + tokens * WIDTH * 3 * WIDTH + 2 * tokens * tokens * WIDTH + WIDTH * 5
+    assert count_macs(model, (3, 16, 16)) == expected
+    assert count_train_macs(model, (3, 16, 16)) > 2 * expected  # backward costs about twice the forward
+    assert count_params(fuse_model(model)) == count_params(model) - 2 * WIDTH + WIDTH  # BN folded into a bias
+
+
+@pytest.mark.parametrize("groups", [1, 4, 16])
+def test_train_macs_price_each_conv_gradient_like_the_forward(groups):
+    conv = nn.Conv2d(16, 16, 3, padding=1, groups=groups, bias=False)
+    conv.pretrained_cfg = {}
+    forward = count_macs(conv, (16, 8, 8))
+    assert forward == 8 * 8 * 16 * (16 // groups) * 9
+    # The first layer's input needs no gradient, so backward is the weight gradient only: one more forward's worth.
+    assert count_train_macs(conv, (16, 8, 8)) == 2 * forward
+
+
+def test_cpu_peak_memory_reports_its_method():
+    measured = peak_memory_mb(lambda: torch.ones(2**22).sum(), torch.device("cpu"))
+    assert measured["method"] in ("rss_peak_growth", "unavailable (needs Linux /proc/self/clear_refs)")
+    if measured["method"] == "rss_peak_growth":
+        assert measured["mb"] >= 0
+
+
+def test_suite_record_fields_schema_and_arithmetic(tiny_card):
+    timer = ScriptedTimer(seconds=0.5)
+    doc = run_suite([ZOO_NAME], TINY, timer=timer, matmul_size=32, progress=False, command="visionzoo bench x")
+    report.validate_results(json.loads(json.dumps(doc)))
+    assert doc["machine"]["torch_threads"] >= 1 and doc["machine"]["cpu_model"]
+    assert doc["peak"]["gflops"] == pytest.approx(2 * 32**3 / 0.5 / 1e9)
+    (record,) = doc["results"]
+    assert record["error"] is None and record["family"] == "benchtest" and record["top1"] == 71.5
+    assert record["input_size"] == [3, 16, 16]
+    assert record["infer"]["img_per_s"] == pytest.approx(2 / 0.5)
+    assert record["latency"]["median_ms"] == pytest.approx(500.0) and record["latency"]["p90_ms"] == pytest.approx(500.0)
+    assert record["train"]["img_per_s"] == pytest.approx(2 / 0.5)
+    assert {"infer", "train"} <= set(record["memory"])
+    infer_gflops = 2 * record["gmacs"] * record["infer"]["img_per_s"]
+    assert record["efficiency"]["infer"]["fraction_of_peak"] == pytest.approx(infer_gflops / doc["peak"]["gflops"])
+    train_gflops = 2 * record["train_gmacs"] * record["train"]["img_per_s"]
+    assert record["efficiency"]["train"]["fraction_of_peak"] == pytest.approx(train_gflops / doc["peak"]["gflops"])
+
+
+def test_deploy_measures_the_bn_folded_model(tiny_card):
+    settings = BenchSettings(batch_size=1, deploy=True, train=False, schedule=Schedule(warmup=0, iters=1))
+    doc = run_suite([ZOO_NAME], settings, timer=ScriptedTimer(), matmul_size=16, progress=False)
+    (record,) = doc["results"]
+    assert record["params"] == count_params(fuse_model(TinyAttentionNet())) and record["train"] is None
+
+
+def test_bf16_autocast_and_channels_last_run_on_the_cpu(tiny_card):
+    settings = BenchSettings(batch_size=2, dtype="bf16", channels_last=True, schedule=Schedule(warmup=1, iters=1))
+    doc = run_suite([ZOO_NAME], settings, timer=ScriptedTimer(), matmul_size=16, progress=False)
+    assert doc["peak"]["dtype"] == "bfloat16" and doc["settings"]["channels_last"] is True
+    assert doc["results"][0]["error"] is None and doc["results"][0]["train"]["img_per_s"] > 0
+
+
+@pytest.mark.slow
+def test_compile_runs_on_the_cpu(tiny_card):
+    settings = BenchSettings(batch_size=2, compile=True, train=False, schedule=Schedule(warmup=1, iters=1))
+    doc = run_suite([ZOO_NAME], settings, timer=ScriptedTimer(), matmul_size=16, progress=False)
+    assert doc["results"][0]["error"] is None and doc["settings"]["compile"] is True
+
+
+def test_vs_timm_copies_weights_checks_outputs_and_reports_the_ratio(tiny_card):
+    timer = ScriptedTimer(seconds=0.5)
+    doc = run_suite([ZOO_NAME], TINY, vs="timm", timer=timer, matmul_size=16, progress=False)
+    vs = doc["results"][0]["vs"]
+    assert vs["status"] == "ok" and vs["against"] == TIMM_NAME and vs["kind"] == "timm_pair"
+    assert vs["max_abs_diff"] <= 1e-6 and vs["speed_ratio"] == pytest.approx(1.0)
+    assert "model" not in vs  # the reference module is not part of the record
+    json.dumps(doc)
+
+
+def test_vs_timm_mismatch_aborts_the_pair_with_a_clear_message(tiny_card, monkeypatch):
+    monkeypatch.setitem(PERTURB_FILTER, "enabled", True)
+    doc = run_suite([ZOO_NAME], TINY, vs="timm", timer=ScriptedTimer(), matmul_size=16, progress=False)
+    record = doc["results"][0]
+    assert record["error"] is None and record["infer"]["img_per_s"] > 0  # the zoo model is still measured
+    assert record["vs"]["status"] == "mismatch" and "speed_ratio" not in record["vs"]
+    assert "disagree" in record["vs"]["message"] and "checkpoint_filter_fn" in record["vs"]["message"]
+    assert "mismatch" in report.format_console(doc)
+    report.validate_results(doc)
+
+
+def test_vs_timm_with_unconvertible_keys_aborts_the_pair(tiny_card, monkeypatch):
+    monkeypatch.setattr(sys.modules[__name__], "checkpoint_filter_fn", lambda state_dict, model: state_dict)
+    doc = run_suite([ZOO_NAME], TINY, vs="timm", timer=ScriptedTimer(), matmul_size=16, progress=False)
+    vs = doc["results"][0]["vs"]
+    assert vs["status"] == "mismatch" and "did not turn timm's state dict into ours" in vs["message"]
+
+
+def test_a_failing_comparison_model_keeps_the_zoo_figures(tiny_card):
+    def fixed_size_baseline(name: str, **kwargs) -> nn.Module:
+        return nn.Sequential(nn.Flatten(), nn.Linear(3 * 384 * 384, 5))  # timed at its default 224 px: fails
+
+    doc = run_suite([ZOO_NAME], TINY, vs="resnet18", build_other=fixed_size_baseline, timer=ScriptedTimer(),
+                    matmul_size=16, progress=False)
+    record = doc["results"][0]
+    assert record["error"] is None and record["infer"]["img_per_s"] > 0
+    assert record["vs"]["status"] == "error" and "timing resnet18 failed: RuntimeError" in record["vs"]["message"]
+
+
+def test_perturbation_wakes_zero_initialised_parameters_before_the_check():
+    model = TinyTimmLayout()
+    nn.init.zeros_(model.head.weight)
+    before = {name: param.clone() for name, param in model.named_parameters()}
+    perturb_parameters(model)
+    assert all(not torch.equal(param, before[name]) for name, param in model.named_parameters())
+    assert model.head.weight.abs().min() > 0
+
+
+def test_vs_timm_without_counterpart_is_noted(tiny_card):
+    tiny_card["timm_name"] = None
+    doc = run_suite([ZOO_NAME], TINY, vs="timm", timer=ScriptedTimer(), matmul_size=16, progress=False)
+    assert doc["results"][0]["vs"]["status"] == "no_counterpart"
+
+
+def test_outputs_files_and_readme_rendering(tiny_card, tmp_path):
+    doc = run_suite([ZOO_NAME], TINY, vs=TIMM_NAME, timer=ScriptedTimer(), matmul_size=16, progress=False,
+                    command="visionzoo bench vz_benchtest_tiny")
+    doc["results"].append({"model": "vz_broken_x", "family": None, "top1": None, "vs": None, "error": "boom"})
+    paths = report.write_outputs(doc, tmp_path / "out")
+    plotted = {"plot"} if HAVE_MATPLOTLIB else set()
+    assert set(paths) == {"json", "csv", "markdown"} | plotted and all(p.stat().st_size > 0 for p in paths.values())
+    rows = list(csv.DictReader(paths["csv"].open()))
+    assert [row["model"] for row in rows] == [ZOO_NAME, "vz_broken_x"] and rows[1]["error"] == "boom"
+    assert rows[0]["vs_against"] == TIMM_NAME and float(rows[0]["vs_speed_ratio"]) == pytest.approx(1.0)
+    console = report.format_console(doc)
+    assert ZOO_NAME in console and "FAILED vz_broken_x: boom" in console and "GFLOP/s" in console
+
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# title\n\nbefore\n{report.README_START}\nold table\n{report.README_END}\nafter\n")
+    plot = tmp_path / "docs" / "plot.png"
+    skipped = report.render_readme(paths["json"], readme, plot)
+    text = readme.read_text()
+    assert "old table" not in text and text.startswith("# title\n\nbefore\n") and text.endswith("after\n")
+    assert f"| {ZOO_NAME} | benchtest | 71.5 |" in text
+    if HAVE_MATPLOTLIB:
+        assert skipped is None and "(docs/plot.png)" in text and plot.exists()
+    else:
+        assert "visionzoo[bench]" in skipped and not plot.exists()
+    report.render_readme(paths["json"], readme, plot)
+    assert readme.read_text() == text  # regenerating from the same file changes nothing
+
+    readme.write_text("no markers here\n")
+    with pytest.raises(report.ResultsFormatError, match="bench:start"):
+        report.render_readme(paths["json"], readme, plot)
+
+
+def test_validation_names_the_missing_field():
+    with pytest.raises(report.ResultsFormatError, match="lacks the field 'peak'"):
+        report.validate_results({"schema": "visionzoo.bench/1", "machine": {}, "settings": {}, "notes": {},
+                                 "results": []})
+    with pytest.raises(report.ResultsFormatError, match="schema"):
+        report.validate_results({"schema": "other/9", "machine": {}, "settings": {}, "peak": {}, "notes": {},
+                                 "results": []})
+
+
+def test_default_set_takes_the_smallest_registered_variant_per_family():
+    cards = {
+        "alpha": {"variants": {"vz_alpha_big": {"params": 90}, "vz_alpha_small": {"params": 10},
+                               "vz_alpha_unregistered": {"params": 1}}},
+        "beta": {"variants": {"vz_beta_only": {"params": 50}}},
+        "gamma": {"variants": {"vz_gamma_x": {"params": 5}}},
+    }
+    registered = {"vz_alpha_big", "vz_alpha_small", "vz_beta_only"}
+    assert default_model_set(cards, registered) == ["vz_alpha_small", "vz_beta_only"]
+    with pytest.raises(BenchArgumentError, match="no registered zoo model"):
+        default_model_set({"gamma": cards["gamma"]}, registered)
+
+
+def test_cli_end_to_end_writes_results(tmp_path, capsys):
+    code = main(["bench", ZOO_NAME, "--batch-size", "2", "--warmup", "0", "--iters", "1", "--no-train",
+                 "--matmul-size", "32", "--no-progress", "--output-dir", str(tmp_path)])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert ZOO_NAME in out and "Peak:" in out
+    doc = report.load_results(tmp_path / "bench.json")
+    assert doc["settings"]["batch_size"] == 2 and doc["results"][0]["model"] == ZOO_NAME
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["vz_benchtest_tiy"], "Did you mean: vz_benchtest_tiny"),
+    (["vz_nothing_here_*"], "matches no zoo model"),
+    ([ZOO_NAME, "--dtype", "fp16"], "fp16 is a GPU precision"),
+    ([ZOO_NAME, "--device", "tpu"], "--device must be cpu or cuda"),
+    ([ZOO_NAME, "--dtype", "fp8"], "--dtype must be fp32, bf16 or fp16"),
+    ([ZOO_NAME, "--runtime", "onnxruntime"], "visionzoo.export"),
+    ([ZOO_NAME, "--runtime", "tvm"], "not available; available: torch"),
+    ([ZOO_NAME, "--vs", "resnet5O"], "Did you mean: resnet50"),
+    ([ZOO_NAME, "--batch-size", "0"], "--batch-size must be at least 1"),
+    ([ZOO_NAME, "--threads", "0"], "--threads must be at least 1"),
+    ([ZOO_NAME, "--compile", "--warmup", "0"], "first call compiles"),
+    ([ZOO_NAME, "--default-set"], "not both"),
+    ([], "name the models to measure"),
+    (["--render-readme", "missing.json"], "does not exist"),
+])
+def test_bad_arguments_exit_2_with_a_clear_message(argv, message, capsys):
+    assert main(["bench", *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given when no GPU is present")
+def test_cuda_without_gpu_is_a_clear_error(capsys):
+    assert main(["bench", ZOO_NAME, "--device", "cuda"]) == 2
+    assert "torch sees no CUDA GPU" in capsys.readouterr().err
+
+
+def test_committed_results_file_renders():
+    """The README's results come from docs/results/*.json: each must still follow the schema this version reads."""
+    committed = sorted((Path(__file__).resolve().parents[1] / "docs" / "results").glob("bench_*.json"))
+    assert committed, "docs/results/ holds no bench_*.json for the README's results table"
+    for path in committed:
+        doc = report.load_results(path)
+        assert doc["results"] and all(record.get("model") for record in doc["results"])
+        assert report.format_markdown(doc).startswith("| model |")

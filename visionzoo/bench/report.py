@@ -1,0 +1,274 @@
+"""Writing a results document out: console table, JSON, CSV, Markdown, the top-1 vs throughput plot, and the
+README's results table (regenerated from a committed JSON file between two marker lines, never typed by hand).
+
+The JSON document (schema ``visionzoo.bench/1``) has ``machine`` (CPU model, cores, threads, torch, device),
+``settings`` (device, dtype, batch size, ...), ``peak`` (the matmul GFLOP/s that efficiencies divide by),
+``notes`` (what MACs and memory figures count) and ``results``: one record per model, either measured (fields in
+``MEASURED_FIELDS``) or failed (``error`` says why).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+from visionzoo.bench.suite import SCHEMA
+
+README_START = "<!-- bench:start -->"
+README_END = "<!-- bench:end -->"
+TOP_LEVEL_FIELDS = {"schema": str, "machine": dict, "settings": dict, "peak": dict, "notes": dict, "results": list}
+MEASURED_FIELDS = {
+    "model": str, "family": (str, type(None)), "top1": (float, int, type(None)), "input_size": list, "params": int,
+    "gmacs": (float, int), "train_gmacs": (float, int, type(None)), "infer": dict, "latency": dict,
+    "train": (dict, type(None)), "memory": dict, "efficiency": dict, "vs": (dict, type(None)), "error": type(None),
+}
+FAILED_FIELDS = {"model": str, "error": str}
+OUTPUT_NAMES = {"json": "bench.json", "csv": "bench.csv", "markdown": "bench.md", "plot": "bench.png"}
+
+
+class ResultsFormatError(ValueError):
+    """A results file does not follow the visionzoo.bench schema."""
+
+
+def _check_fields(record: dict, fields: dict, where: str) -> None:
+    for key, kind in fields.items():
+        if key not in record:
+            raise ResultsFormatError(f"{where} lacks the field {key!r}")
+        if not isinstance(record[key], kind) or isinstance(record[key], bool) and kind is int:
+            raise ResultsFormatError(f"{where}.{key} has type {type(record[key]).__name__}, expected {kind}")
+
+
+def validate_results(doc: Any) -> dict:
+    """Return ``doc`` if it is a results document, else raise saying which field is wrong."""
+    if not isinstance(doc, dict):
+        raise ResultsFormatError("a results document is a JSON object")
+    _check_fields(doc, TOP_LEVEL_FIELDS, "results document")
+    if doc["schema"] != SCHEMA:
+        raise ResultsFormatError(f"results document has schema {doc['schema']!r}; this version reads {SCHEMA!r}")
+    _check_fields(doc["peak"], {"gflops": (float, int), "dtype": str, "matmul_size": int}, "peak")
+    for index, record in enumerate(doc["results"]):
+        where = f"results[{index}]"
+        if not isinstance(record, dict):
+            raise ResultsFormatError(f"{where} is not an object")
+        _check_fields(record, FAILED_FIELDS if record.get("error") else MEASURED_FIELDS, where)
+        if not record.get("error"):
+            _check_fields(record["infer"], {"batch_size": int, "img_per_s": (float, int), "timing": dict},
+                          f"{where}.infer")
+            _check_fields(record["latency"], {"median_ms": (float, int), "p90_ms": (float, int)}, f"{where}.latency")
+    return doc
+
+
+def _get(record: dict, *path: str) -> Any:
+    value: Any = record
+    for key in path:
+        if not isinstance(value, dict) or value.get(key) is None:
+            return None
+        value = value[key]
+    return value
+
+
+def _fmt(value: Any, spec: str) -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def _percent(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.1f}%"
+
+
+def _vs_cell(record: dict) -> str:
+    vs = record.get("vs")
+    if not vs:
+        return "—"
+    if vs.get("status") != "ok":
+        return f"{vs.get('status')}"
+    return f"{vs['speed_ratio']:.2f}× {vs['against']}"
+
+
+# (header, value as text) for every column of the console / Markdown table and, unformatted, the CSV.
+COLUMNS: list[tuple[str, Callable[[dict], str]]] = [
+    ("model", lambda r: r["model"]),
+    ("family", lambda r: r.get("family") or "—"),
+    ("top-1", lambda r: _fmt(r.get("top1"), ".1f")),
+    ("params (M)", lambda r: _fmt(r["params"] / 1e6 if r.get("params") else None, ".2f")),
+    ("GMACs", lambda r: _fmt(r.get("gmacs"), ".3f")),
+    ("img/s", lambda r: _fmt(_get(r, "infer", "img_per_s"), ".1f")),
+    ("±", lambda r: _percent(_get(r, "infer", "timing", "spread"))),
+    ("lat. p50 ms", lambda r: _fmt(_get(r, "latency", "median_ms"), ".2f")),
+    ("lat. p90 ms", lambda r: _fmt(_get(r, "latency", "p90_ms"), ".2f")),
+    ("train img/s", lambda r: _fmt(_get(r, "train", "img_per_s"), ".1f")),
+    ("mem MiB", lambda r: _fmt(_get(r, "memory", "infer", "mb"), ".0f")),
+    ("train mem MiB", lambda r: _fmt(_get(r, "memory", "train", "mb"), ".0f")),
+    ("eff.", lambda r: _percent(_get(r, "efficiency", "infer", "fraction_of_peak"))),
+    ("train eff.", lambda r: _percent(_get(r, "efficiency", "train", "fraction_of_peak"))),
+    ("vs", _vs_cell),
+]
+
+CSV_FIELDS: dict[str, tuple[str, ...]] = {
+    "model": ("model",), "family": ("family",), "top1": ("top1",), "params": ("params",), "gmacs": ("gmacs",),
+    "train_gmacs": ("train_gmacs",), "batch_size": ("infer", "batch_size"), "infer_img_per_s": ("infer", "img_per_s"),
+    "infer_median_s": ("infer", "timing", "median_s"), "infer_spread": ("infer", "timing", "spread"),
+    "latency_median_ms": ("latency", "median_ms"), "latency_p90_ms": ("latency", "p90_ms"),
+    "train_img_per_s": ("train", "img_per_s"), "mem_infer_mb": ("memory", "infer", "mb"),
+    "mem_train_mb": ("memory", "train", "mb"), "efficiency_infer": ("efficiency", "infer", "fraction_of_peak"),
+    "efficiency_train": ("efficiency", "train", "fraction_of_peak"), "vs_against": ("vs", "against"),
+    "vs_status": ("vs", "status"), "vs_speed_ratio": ("vs", "speed_ratio"), "error": ("error",),
+}
+
+
+def header_lines(doc: dict) -> list[str]:
+    machine, settings, peak = doc["machine"], doc["settings"], doc["peak"]
+    size = f"{settings['img_size']}px" if settings.get("img_size") else "each model's own input size"
+    timing = (f"{settings['time_budget_s']} s per measurement" if settings.get("time_budget_s")
+              else f"{settings['iters']} timed iterations")
+    flags = [flag for flag in ("channels_last", "compile", "deploy") if settings.get(flag)]
+    compared = any(record.get("vs") for record in doc["results"])
+    return [
+        f"Device: {machine['device_name']} ({machine['device']}), {machine['torch_threads']} torch threads of "
+        f"{machine['usable_cores']} usable cores; torch {machine['torch']}, timm {machine['timm']}, "
+        f"measured {machine['date_utc']}.",
+        f"Settings: {settings['dtype']}, batch {settings['batch_size']}, {size}, runtime {settings['runtime']}"
+        f"{', ' + ', '.join(flags) if flags else ''}; {settings['warmup']} warm-up call(s), {timing}; "
+        "medians, ± = (p90 − p10) / median.",
+        f"Peak: {peak['gflops']:.1f} GFLOP/s ({peak['dtype']} {peak['matmul_size']}² matmul, median); "
+        "efficiency = model GFLOP/s (2 × MACs × img/s) / peak.",
+        f"MACs: {doc['notes']['macs']}",
+        *(["vs: our img/s ÷ the other implementation's at the same batch, timed alternately (> 1: ours is faster); "
+           "timm pairs share weights and their outputs are checked first."] if compared else []),
+    ]
+
+
+def table_rows(doc: dict) -> list[list[str]]:
+    return [[cell(record) for _, cell in COLUMNS] for record in doc["results"] if not record.get("error")]
+
+
+def failure_lines(doc: dict) -> list[str]:
+    return [f"FAILED {record['model']}: {record['error']}" for record in doc["results"] if record.get("error")]
+
+
+def format_console(doc: dict) -> str:
+    headers = [header for header, _ in COLUMNS]
+    rows = table_rows(doc)
+    widths = [max(len(cells[i]) for cells in (headers, *rows)) for i in range(len(headers))]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(cell.ljust(width) for cell, width in zip(cells, widths)).rstrip()
+
+    body = [line(headers), line(["-" * width for width in widths]), *(line(row) for row in rows)]
+    return "\n".join([*header_lines(doc), "", *body, *failure_lines(doc)])
+
+
+def format_markdown(doc: dict) -> str:
+    headers = [header for header, _ in COLUMNS]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in table_rows(doc)]
+    lines += [f"\n{line}" for line in failure_lines(doc)]
+    notes = [f"<sub>{line}</sub><br>" for line in header_lines(doc)]
+    if doc.get("command"):
+        notes.append(f"<sub>Command: <code>{doc['command']}</code></sub>")
+    return "\n".join([*lines, "", *notes]) + "\n"
+
+
+def write_json(doc: dict, path: Path) -> None:
+    path.write_text(json.dumps(doc, indent=2, sort_keys=False) + "\n")
+
+
+def write_csv(doc: dict, path: Path) -> None:
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(CSV_FIELDS))
+        writer.writeheader()
+        for record in doc["results"]:
+            writer.writerow({name: _get(record, *keys) for name, keys in CSV_FIELDS.items()})
+
+
+def write_plot(doc: dict, path: Path) -> str | None:
+    """ImageNet top-1 (card) vs measured throughput, one point per model, one colour per family.
+
+    Returns None when written, else why not (matplotlib is in the ``bench`` extra; models without a top-1 are
+    left out of the plot, not of the tables)."""
+    try:
+        import matplotlib
+    except ImportError:
+        return "plot skipped: matplotlib is not installed (pip install 'visionzoo[bench]')"
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    points = [r for r in doc["results"] if not r.get("error") and r.get("top1") is not None]
+    families = sorted({r.get("family") or "other" for r in points})
+    colours = {family: plt.get_cmap("tab10")(index % 10) for index, family in enumerate(families)}
+    figure, axes = plt.subplots(figsize=(7, 4.5), dpi=120)
+    for family in families:
+        members = [r for r in points if (r.get("family") or "other") == family]
+        axes.scatter([r["infer"]["img_per_s"] for r in members], [r["top1"] for r in members],
+                     color=colours[family], label=family, s=36, zorder=3)
+        for record in members:
+            short = record["model"].removeprefix(f"vz_{family}_")
+            axes.annotate(short, (record["infer"]["img_per_s"], record["top1"]), textcoords="offset points",
+                          xytext=(4, 3), fontsize=7)
+    settings, machine = doc["settings"], doc["machine"]
+    axes.set_xscale("log")
+    plain_numbers = matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}")
+    speeds = [r["infer"]["img_per_s"] for r in points]
+    within_a_decade = bool(speeds) and max(speeds) < 10 * min(speeds)
+    axes.xaxis.set_major_formatter(plain_numbers)
+    # Minor ticks get numbers only when there are few decades' worth of them, or they overlap.
+    axes.xaxis.set_minor_formatter(plain_numbers if within_a_decade else matplotlib.ticker.NullFormatter())
+    axes.margins(x=0.15)
+    axes.set_xlabel(f"measured throughput, img/s (batch {settings['batch_size']}, {settings['dtype']}, "
+                    f"{machine['device']})")
+    axes.set_ylabel("ImageNet-1k top-1 (paper), %")
+    axes.set_title(f"ImageNet top-1 vs throughput measured on {machine['device_name']}", fontsize=9)
+    axes.grid(True, which="both", alpha=0.3)
+    if families:
+        axes.legend(fontsize=8, loc="best")
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+    return None
+
+
+def write_outputs(doc: dict, output_dir: Path) -> dict[str, Path]:
+    """Write JSON, CSV, Markdown and the plot into ``output_dir``; returns what was written, by kind."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    paths = {kind: output_dir / name for kind, name in OUTPUT_NAMES.items()}
+    write_json(doc, paths["json"])
+    write_csv(doc, paths["csv"])
+    paths["markdown"].write_text("# visionzoo bench\n\n" + format_markdown(doc))
+    if write_plot(doc, paths["plot"]) is not None:
+        del paths["plot"]
+    return paths
+
+
+def load_results(path: Path) -> dict:
+    try:
+        doc = json.loads(Path(path).read_text())
+    except FileNotFoundError as error:
+        raise ResultsFormatError(f"results file {path} does not exist; run `visionzoo bench` first") from error
+    except json.JSONDecodeError as error:
+        raise ResultsFormatError(f"results file {path} is not valid JSON: {error}") from error
+    return validate_results(doc)
+
+
+def replace_between_markers(text: str, block: str, source: str) -> str:
+    start, end = text.find(README_START), text.find(README_END)
+    if start < 0 or end < 0 or end < start:
+        raise ResultsFormatError(f"{source} needs the lines {README_START} and {README_END} (in that order) "
+                                 "around the place for the results table")
+    return text[: start + len(README_START)] + "\n" + block + text[end:]
+
+
+def render_readme(results_path: Path, readme_path: Path, plot_path: Path) -> str | None:
+    """Rewrite the README's results block and the plot from a results file; returns why the plot was skipped."""
+    doc = load_results(results_path)
+    plot_path.parent.mkdir(parents=True, exist_ok=True)
+    plot_skipped = write_plot(doc, plot_path)
+    block = format_markdown(doc)
+    if plot_skipped is None:
+        relative = os.path.relpath(plot_path, readme_path.parent)
+        block += f"\n![ImageNet top-1 vs measured throughput]({Path(relative).as_posix()})\n"
+    block += f"\n<sub>Generated from <code>{Path(os.path.relpath(results_path, readme_path.parent)).as_posix()}"
+    block += "</code> by <code>visionzoo bench --render-readme</code>; do not edit by hand.</sub>\n"
+    readme_path.write_text(replace_between_markers(readme_path.read_text(), block, str(readme_path)))
+    return plot_skipped
