@@ -106,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     info_parser.add_argument("--json", action="store_true", help="print JSON")
     info_parser.set_defaults(func=cmd_info)
 
+    from visionzoo.bench.cli import add_bench_parser, run_bench
     from visionzoo.data.digits import add_data_parser, run_data
     from visionzoo.engine.evaluate import add_eval_parser, run_eval
     from visionzoo.engine.train import add_train_parser, run_train
@@ -113,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_parser(subparsers).set_defaults(func=run_train)
     add_eval_parser(subparsers).set_defaults(func=run_eval)
     add_data_parser(subparsers).set_defaults(func=run_data)
+    add_bench_parser(subparsers).set_defaults(func=run_bench)
     return parser
 
 
