@@ -17,8 +17,10 @@ import torch
 from timm.models import group_parameters
 
 from _zoo import create, family_module, model_params, input_sizes, zoo_models
+from visionzoo.bench.flops import count_macs
 from visionzoo.models._cards import variant_card
 from visionzoo.models._checkpoint import load_checkpoint
+from visionzoo.ops import REFERENCE, use_backend
 
 EVERY = model_params(every=True)
 HEAVY = model_params()
@@ -76,6 +78,25 @@ def test_meta_construction_and_param_count_matches_card(name):
     params = sum(p.numel() for p in model.parameters())
     assert abs(params - card["params"]) <= card["params_tolerance"] * card["params"], (
         f"{name}: {params:,} parameters, card says {card['params']:,} ± {card['params_tolerance']:.1%}"
+    )
+
+
+@pytest.mark.parametrize("name", EVERY)
+def test_macs_match_card(name):
+    """GMACs at the card's input size agree with the paper within the card's tolerance, through the fast path or
+    the reference (the readable spec): a fast path may trade extra MACs for speed, the math must match."""
+    card = variant_card(name)
+    if not card or not card.get("paper_gmacs"):
+        pytest.skip(f"{name}: the paper gives no MAC figure")
+    model = create(name, device="meta")
+    input_size = (3, card["input_size"], card["input_size"])
+    measured = {}
+    for backend in ("auto", REFERENCE):
+        with use_backend(backend):
+            measured[backend] = count_macs(model, input_size) / 1e9
+    errors = {backend: abs(gmacs / card["paper_gmacs"] - 1.0) for backend, gmacs in measured.items()}
+    assert min(errors.values()) <= card["gmacs_tolerance"], (
+        f"{name}: {measured} GMACs, paper {card['paper_gmacs']} ± {card['gmacs_tolerance']:.0%}"
     )
 
 
