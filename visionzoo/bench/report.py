@@ -251,12 +251,14 @@ def load_results(path: Path) -> dict:
     return validate_results(doc)
 
 
-def replace_between_markers(text: str, block: str, source: str) -> str:
-    start, end = text.find(README_START), text.find(README_END)
+def replace_between_markers(
+    text: str, block: str, source: str, start_marker: str = README_START, end_marker: str = README_END
+) -> str:
+    start, end = text.find(start_marker), text.find(end_marker)
     if start < 0 or end < 0 or end < start:
-        raise ResultsFormatError(f"{source} needs the lines {README_START} and {README_END} (in that order) "
-                                 "around the place for the results table")
-    return text[: start + len(README_START)] + "\n" + block + text[end:]
+        raise ResultsFormatError(f"{source} needs the lines {start_marker} and {end_marker} (in that order) "
+                                 "around the place for the generated table")
+    return text[: start + len(start_marker)] + "\n" + block + text[end:]
 
 
 def render_readme(results_path: Path, readme_path: Path, plot_path: Path) -> str | None:

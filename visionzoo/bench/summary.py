@@ -9,6 +9,7 @@ import torch
 from visionzoo.bench.flops import count_macs, count_params
 from visionzoo.layers.fuse import fuse_model
 from visionzoo.models._cards import variant_card
+from visionzoo.ops import REFERENCE, use_backend
 
 
 def default_input_size(name: str) -> tuple[int, int, int]:
@@ -28,10 +29,13 @@ def measure(name: str, input_size: tuple[int, int, int] | None = None) -> dict[s
     except (NotImplementedError, RuntimeError):
         model = timm.create_model(name)
         macs = count_macs(model, input_size)
+    # The reference path of each op is the readable spec; a fast path may trade MACs for speed.
+    with use_backend(REFERENCE):
+        reference_macs = count_macs(model, input_size)
     params = count_params(model)
     card = variant_card(name) or {}
     paper_gmacs = card.get("paper_gmacs")
-    gmacs = macs / 1e9
+    gmacs, reference_gmacs = macs / 1e9, reference_macs / 1e9
     return {
         "model": name,
         "family": card.get("family"),
@@ -42,6 +46,8 @@ def measure(name: str, input_size: tuple[int, int, int] | None = None) -> dict[s
         "paper_params_m": card.get("paper_params_m"),
         "paper_gmacs": paper_gmacs,
         "gmacs_vs_paper": (gmacs / paper_gmacs - 1.0) if paper_gmacs else None,
+        "reference_gmacs": reference_gmacs,
+        "reference_gmacs_vs_paper": (reference_gmacs / paper_gmacs - 1.0) if paper_gmacs else None,
         "top1": card.get("top1"),
         "timm_name": card.get("timm_name"),
     }
