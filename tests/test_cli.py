@@ -41,3 +41,17 @@ def test_info_shows_counts_beside_the_card(capsys):
 def test_module_entry_point_runs():
     result = subprocess.run([sys.executable, "-m", "visionzoo", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "list" in result.stdout and "info" in result.stdout
+
+
+def test_list_writes_the_readme_zoo_table(tmp_path, capsys):
+    names = visionzoo.list_models()
+    if not names:
+        pytest.skip("no zoo model registered")
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- zoo:start -->\nstale\n<!-- zoo:end -->\noutro\n")
+    assert main(["list", names[0], "--details", "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert "stale" not in text and f"| {names[0]} |" in text and text.endswith("<!-- zoo:end -->\noutro\n")
+    readme.write_text("no markers here\n")
+    assert main(["list", names[0], "--details", "--readme", str(readme)]) == 2
+    assert "<!-- zoo:start -->" in capsys.readouterr().err
