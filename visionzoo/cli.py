@@ -105,6 +105,14 @@ def build_parser() -> argparse.ArgumentParser:
     info_parser.add_argument("name")
     info_parser.add_argument("--json", action="store_true", help="print JSON")
     info_parser.set_defaults(func=cmd_info)
+
+    from visionzoo.data.digits import add_data_parser, run_data
+    from visionzoo.engine.evaluate import add_eval_parser, run_eval
+    from visionzoo.engine.train import add_train_parser, run_train
+
+    add_train_parser(subparsers).set_defaults(func=run_train)
+    add_eval_parser(subparsers).set_defaults(func=run_eval)
+    add_data_parser(subparsers).set_defaults(func=run_data)
     return parser
 
 

@@ -2,10 +2,21 @@
 from __future__ import annotations
 
 import difflib
+import sys
 from pathlib import Path
 
-import timm
 from torch import nn
+
+# timm imports wandb whenever it is installed (for its own logging helper). This is visionzoo's first import of
+# timm, so hide wandb from it here: only `visionzoo train --wandb` should pay for importing wandb.
+_hide_wandb = "wandb" not in sys.modules and "timm" not in sys.modules
+if _hide_wandb:
+    sys.modules["wandb"] = None  # makes `import wandb` raise ImportError, which timm catches
+try:
+    import timm
+finally:
+    if _hide_wandb:
+        del sys.modules["wandb"]
 
 from visionzoo.models._checkpoint import load_checkpoint
 

@@ -1,0 +1,1 @@
+"""Datasets and loaders: ImageNet-style folders through timm's pipeline, and generated/shipped data for tests."""

@@ -1,0 +1,1 @@
+"""Training and evaluation: the loop, checkpoints, metrics, logging and DistributedDataParallel set-up."""

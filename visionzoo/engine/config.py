@@ -1,0 +1,261 @@
+"""Training configs: code defaults < recipe YAML (with ``_base_`` inheritance) < ``key=value`` overrides.
+
+A recipe states the paper's numbers once: the global batch, the base learning rate and the batch it refers
+to, and the scaling rule. Everything the run derives from them (per-device batch, accumulation steps,
+effective learning rates) is computed by :func:`derive` and saved with the resolved config beside the run.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs" / "cls"
+
+DEFAULTS: dict[str, Any] = {
+    "model": {
+        "name": None,  # a registered timm / zoo name, e.g. vz_shvit_s1
+        "num_classes": 1000,
+        "drop_rate": 0.0,
+        "drop_path_rate": 0.0,
+        "kwargs": {},  # extra create_model arguments
+        "checkpoint": None,  # initial weights (fine-tuning), loaded through the family's checkpoint_filter_fn
+    },
+    "data": {
+        "dir": None,  # ImageNet-style root holding train/ and val/ with a folder per class
+        "train_split": "train",
+        "val_split": "val",
+        "input_size": None,  # side of the square training/eval crop; None = the model's pretrained_cfg
+        "crop_pct": None,  # eval centre-crop fraction; None = the model's pretrained_cfg
+        "interpolation": None,  # eval resize; None = the model's pretrained_cfg
+        "mean": None,
+        "std": None,
+        "workers": 4,
+        "pin_memory": True,
+    },
+    "aug": {
+        "train_interpolation": "bicubic",
+        "scale": [0.08, 1.0],
+        "ratio": [0.75, 1.3333333333333333],
+        "hflip": 0.5,
+        "color_jitter": 0.4,
+        "auto_augment": "rand-m9-mstd0.5-inc1",
+        "re_prob": 0.25,
+        "re_mode": "pixel",
+        "re_count": 1,
+        "repeated_aug": 0,  # repeats per sample per epoch (DeiT's repeated augmentation uses 3); 0 = off
+        "mixup": 0.8,
+        "cutmix": 1.0,
+        "mixup_prob": 1.0,
+        "mixup_switch_prob": 0.5,
+        "mixup_mode": "batch",
+        "label_smoothing": 0.1,
+    },
+    "loss": {
+        "name": "ce",  # ce (soft-target cross-entropy under mixup) / bce (ResNet-strikes-back style)
+        "bce_target_thresh": None,  # bce only: binarise mixed targets above this value
+    },
+    "train": {
+        "epochs": 300,
+        "global_batch_size": 1024,  # the recipe's total batch per optimizer step, over all devices
+        "batch_size": None,  # per-device micro-batch; None = global / world size; smaller accumulates gradients
+        "seed": 0,
+        "deterministic": False,
+        "eval_every": 1,  # epochs
+        "checkpoint_every_steps": 0,  # also refresh last.pth every N optimizer steps; 0 = end of epoch only
+        "best_metric": "top1",  # top1 or ema_top1
+        "log_every": 10,  # optimizer steps between per-step wandb logs
+        "output": "runs",
+    },
+    "optim": {
+        "name": "adamw",
+        "lr": 1e-3,
+        "lr_base_batch": 512,  # the global batch that ``lr`` refers to
+        "lr_scaling": "linear",  # linear / sqrt / none: how lr follows global_batch_size / lr_base_batch
+        "scale_warmup_min_lr": False,  # scale warmup_lr and min_lr by the same rule (LITv2 does)
+        "weight_decay": 0.05,
+        "eps": None,  # None = the optimizer's own default
+        "betas": None,
+        "momentum": 0.9,
+        "lr_multipliers": {},  # parameter-name substring -> lr factor, e.g. {conv_offset: 0.01}
+        "clip_grad": None,  # None = off; max norm for 'norm', clipping factor for 'agc'
+        "clip_mode": "norm",  # norm / agc / value
+    },
+    "sched": {
+        "name": "cosine",
+        "warmup_epochs": 5,
+        "warmup_lr": 1e-6,
+        "min_lr": 1e-5,
+    },
+    "ema": {
+        "enabled": False,
+        "decay": 0.9998,
+        "warmup": False,
+        "eval": True,
+    },
+    "runtime": {
+        "device": None,  # None = cuda:<local rank> when available, else cpu
+        "amp": "auto",  # auto (CUDA: bf16 if supported else fp16; CPU: off) / bf16 / fp16 / none
+        "channels_last": False,
+        "compile": False,
+        "grad_checkpointing": False,
+    },
+    "wandb": {
+        "project": "visionzoo",
+        "entity": None,
+        "name": None,
+        "mode": None,  # None = offline unless WANDB_API_KEY is set
+    },
+}
+
+CHOICES = {
+    ("optim", "lr_scaling"): ("linear", "sqrt", "none"),
+    ("loss", "name"): ("ce", "bce"),
+    ("optim", "clip_mode"): ("norm", "agc", "value"),
+    ("runtime", "amp"): ("auto", "bf16", "fp16", "none"),
+    ("train", "best_metric"): ("top1", "ema_top1"),
+}
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads ``1e-3`` (no dot) as a string; recipes write learning rates that way, so read it as a float."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d[\d_]*)?(?:\.[\d_]*)?[eE][-+]?\d+$|^[-+]?(?:\d[\d_]*)?\.[\d_]+$|^[-+]?\d[\d_]*\.$"),
+    list("-+0123456789."),
+)
+
+
+def _parse_yaml(text: str):
+    return yaml.load(text, Loader=_Loader)
+
+
+class ConfigError(ValueError):
+    """A config file or override is malformed or names an unknown key."""
+
+
+def _merge(base: dict, update: dict, where: str) -> dict:
+    merged = copy.deepcopy(base)
+    for key, value in update.items():
+        if key not in merged:
+            raise ConfigError(f"unknown config key {where}{key!r}; known keys here: {', '.join(sorted(merged))}")
+        # Free-form mappings (model kwargs, lr multipliers) are replaced whole rather than checked key by key.
+        if isinstance(merged[key], dict) and merged[key] and isinstance(value, dict):
+            merged[key] = _merge(merged[key], value, f"{where}{key}.")
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def find_config(name_or_path: str | Path) -> Path:
+    """A config path, or a model name (``vz_shvit_s1`` / ``shvit_s1``) looked up in ``configs/cls``."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        return path
+    stem = str(name_or_path).removeprefix("vz_")
+    candidate = CONFIGS_DIR / f"{stem}.yaml"
+    if not candidate.is_file():
+        known = sorted(p.stem for p in CONFIGS_DIR.glob("*.yaml"))
+        raise ConfigError(f"no recipe {candidate} for {name_or_path!r}; pass a YAML path or one of: {', '.join(known)}")
+    return candidate
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    """A config file with its ``_base_`` files (paths relative to it) merged underneath."""
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"config {path} includes itself through _base_")
+    with path.open() as handle:
+        raw = _parse_yaml(handle) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config {path} must be a mapping of sections, not {type(raw).__name__}")
+    bases = raw.pop("_base_", [])
+    merged: dict = {}
+    for base in [bases] if isinstance(bases, str) else bases:
+        merged = _deep_update(merged, _read_yaml(path.parent / base, seen + (path,)))
+    return _deep_update(merged, raw)
+
+
+def _deep_update(base: dict, update: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_update(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def parse_overrides(overrides: list[str]) -> dict:
+    """``["optim.lr=1e-3", "aug.scale=[0.5,1]"]`` -> nested dict; values are parsed as YAML."""
+    nested: dict = {}
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"override {item!r} is not of the form section.key=value (e.g. optim.lr=2e-3)")
+        node = nested
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r} conflicts with an earlier override of {part!r}")
+        node[leaf] = _parse_yaml(text)
+    return nested
+
+
+def _validate(cfg: dict) -> None:
+    for (section, key), allowed in CHOICES.items():
+        if cfg[section][key] not in allowed:
+            raise ConfigError(f"{section}.{key}={cfg[section][key]!r}; choose one of {', '.join(allowed)}")
+    if not cfg["model"]["name"]:
+        raise ConfigError("model.name is not set; name a model in the config or pass model.name=<name>")
+    for section, key in (("train", "epochs"), ("train", "global_batch_size"), ("train", "eval_every")):
+        if not isinstance(cfg[section][key], int) or cfg[section][key] < 1:
+            raise ConfigError(f"{section}.{key} must be a positive integer, got {cfg[section][key]!r}")
+
+
+def load_config(name_or_path: str | Path | None, overrides: list[str] = ()) -> dict:
+    """Defaults, then the recipe (if any), then overrides; unknown keys and bad choices raise ConfigError."""
+    cfg = copy.deepcopy(DEFAULTS)
+    if name_or_path is not None:
+        cfg = _merge(cfg, _read_yaml(find_config(name_or_path)), "")
+    cfg = _merge(cfg, parse_overrides(list(overrides)), "")
+    _validate(cfg)
+    return cfg
+
+
+def derive(cfg: dict, world_size: int) -> dict:
+    """Per-device batch, accumulation steps and effective learning rates for ``world_size`` devices."""
+    train, optim, sched = cfg["train"], cfg["optim"], cfg["sched"]
+    global_batch = train["global_batch_size"]
+    batch = train["batch_size"] or global_batch // world_size
+    if batch < 1 or global_batch % (batch * world_size):
+        raise ConfigError(
+            f"train.global_batch_size={global_batch} is not a multiple of train.batch_size={batch} x "
+            f"{world_size} device(s); pick a per-device batch that divides {global_batch // world_size or 1}"
+        )
+    ratio = global_batch / optim["lr_base_batch"]
+    factor = {"linear": ratio, "sqrt": math.sqrt(ratio), "none": 1.0}[optim["lr_scaling"]]
+    bound_factor = factor if optim["scale_warmup_min_lr"] else 1.0
+    return {
+        "world_size": world_size,
+        "batch_size": batch,
+        "accum_steps": global_batch // (batch * world_size),
+        "lr": optim["lr"] * factor,
+        "warmup_lr": sched["warmup_lr"] * bound_factor,
+        "min_lr": sched["min_lr"] * bound_factor,
+    }
+
+
+def save_config(cfg: dict, path: Path, header: str = "") -> None:
+    """Write the resolved config (loadable again by :func:`load_config`), ``header`` as a comment on top."""
+    text = "".join(f"# {line}\n" for line in header.splitlines()) + yaml.safe_dump(cfg, sort_keys=False)
+    Path(path).write_text(text)

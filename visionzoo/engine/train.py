@@ -1,0 +1,450 @@
+"""``visionzoo train RECIPE [section.key=value ...]``: ImageNet-style training with the papers' recipes.
+
+timm provides the pieces (transforms, RandAugment, mixup/cutmix, optimizers, schedulers, EMA, gradient
+clipping); this module wires them into one loop with gradient accumulation towards the recipe's global batch,
+DistributedDataParallel under torchrun, AMP, and checkpoints from which a killed run resumes bit-exactly.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import os
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import timm
+import torch
+from timm.data import Mixup
+from timm.loss import BinaryCrossEntropy, LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.optim import create_optimizer_v2
+from timm.scheduler import create_scheduler_v2
+from timm.models import model_parameters
+from timm.utils import ModelEmaV3, dispatch_clip_grad
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from visionzoo.data.loader import (
+    create_eval_loader,
+    create_folder_dataset,
+    create_train_loader,
+    eval_transform,
+    train_transform,
+)
+from visionzoo.engine.checkpoint import atomic_save, load_training_checkpoint, rng_state, set_rng_state
+from visionzoo.engine.config import ConfigError, derive, load_config, save_config
+from visionzoo.engine.distributed import (
+    DistInfo,
+    all_gather_objects,
+    all_reduce_sum,
+    barrier,
+    init_distributed,
+    shutdown,
+)
+from visionzoo.engine.evaluate import autocast_for, evaluate, resolve_eval_data_config
+from visionzoo.engine.logging import WandbRun, write_summary
+from visionzoo.models import check_model_name, create_model
+
+LAST = "last.pth"
+BEST = "best.pth"
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+
+
+def build_model(cfg: dict) -> nn.Module:
+    spec = cfg["model"]
+    if not timm.is_model(spec["name"]):
+        check_model_name(spec["name"])  # raises, suggesting the closest zoo names
+    kwargs = dict(
+        num_classes=spec["num_classes"], drop_rate=spec["drop_rate"], drop_path_rate=spec["drop_path_rate"],
+        **spec["kwargs"],
+    )
+    if spec["checkpoint"]:
+        return create_model(spec["name"], checkpoint_path=spec["checkpoint"], **kwargs)
+    return timm.create_model(spec["name"], **kwargs)
+
+
+def param_groups_with_lr_multipliers(model: nn.Module, weight_decay: float, multipliers: dict[str, float]) -> list:
+    """Weight-decay groups (none on 1-D tensors, biases and ``no_weight_decay()``) split by lr factor.
+
+    A parameter whose name contains a key of ``multipliers`` trains at that fraction of the scheduled lr
+    (timm's schedulers honour a group's ``lr_scale``), e.g. LITv2's deformable offsets at 0.01.
+    """
+    skip = set(getattr(model, "no_weight_decay", lambda: ())())
+    groups: dict[tuple[float, float], list] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        decay = 0.0 if param.ndim <= 1 or name.endswith(".bias") or name in skip else weight_decay
+        scale = next((factor for key, factor in multipliers.items() if key in name), 1.0)
+        groups.setdefault((decay, scale), []).append(param)
+    return [{"params": params, "weight_decay": decay, "lr_scale": scale} for (decay, scale), params in groups.items()]
+
+
+def build_optimizer(cfg: dict, model: nn.Module, lr: float) -> torch.optim.Optimizer:
+    optim = cfg["optim"]
+    extra = {key: optim[key] for key in ("eps", "betas") if optim[key] is not None}
+    if optim["name"] in ("sgd", "momentum", "nesterov"):
+        extra["momentum"] = optim["momentum"]
+    group_fn = None
+    if optim["lr_multipliers"]:
+        def group_fn(module):
+            return param_groups_with_lr_multipliers(module, optim["weight_decay"], optim["lr_multipliers"])
+    return create_optimizer_v2(
+        model, opt=optim["name"], lr=lr, weight_decay=optim["weight_decay"], param_group_fn=group_fn, **extra
+    )
+
+
+def build_losses(cfg: dict, num_classes: int) -> tuple[Mixup | None, nn.Module]:
+    aug, loss = cfg["aug"], cfg["loss"]
+    mixup = None
+    if aug["mixup"] > 0 or aug["cutmix"] > 0:
+        mixup = Mixup(
+            mixup_alpha=aug["mixup"], cutmix_alpha=aug["cutmix"], prob=aug["mixup_prob"],
+            switch_prob=aug["mixup_switch_prob"], mode=aug["mixup_mode"],
+            label_smoothing=aug["label_smoothing"], num_classes=num_classes,
+        )
+    if loss["name"] == "bce":
+        # Mixup already smoothed the targets it produced; without mixup the loss applies the smoothing.
+        smoothing = 0.0 if mixup is not None else aug["label_smoothing"]
+        return mixup, BinaryCrossEntropy(smoothing=smoothing, target_threshold=loss["bce_target_thresh"])
+    if mixup is not None:
+        return mixup, SoftTargetCrossEntropy()
+    if aug["label_smoothing"] > 0:
+        return None, LabelSmoothingCrossEntropy(smoothing=aug["label_smoothing"])
+    return None, nn.CrossEntropyLoss()
+
+
+def train_data_config(cfg: dict, model: nn.Module) -> dict:
+    data = cfg["data"]
+    return resolve_eval_data_config(
+        model, data["input_size"], data["crop_pct"], data["interpolation"], data["mean"], data["std"]
+    )
+
+
+class Trainer:
+    """One training run: state that a checkpoint captures, plus the loop over it."""
+
+    def __init__(self, cfg: dict, output_dir: Path, info: DistInfo, resume: Path | None, use_wandb: bool):
+        self.cfg, self.output_dir, self.info = cfg, output_dir, info
+        self.derived = derive(cfg, info.world_size)
+        train, runtime = cfg["train"], cfg["runtime"]
+        seed_everything(train["seed"] + info.rank, train["deterministic"])
+
+        model = build_model(cfg)
+        if runtime["grad_checkpointing"]:
+            model.set_grad_checkpointing(True)
+        model.to(info.device)
+        if runtime["channels_last"]:
+            model.to(memory_format=torch.channels_last)
+        self.model = model
+        self.data_config = train_data_config(cfg, model)
+
+        data_dir = cfg["data"]["dir"]
+        if not data_dir:
+            raise ConfigError("data.dir is not set; pass --data-dir DIR (a folder with train/ and val/)")
+        pin = info.device.type == "cuda" and cfg["data"]["pin_memory"]
+        train_set = create_folder_dataset(data_dir, cfg["data"]["train_split"], train_transform(cfg, self.data_config))
+        val_set = create_folder_dataset(data_dir, cfg["data"]["val_split"], eval_transform(self.data_config))
+        self.train_loader = create_train_loader(
+            train_set, self.derived["batch_size"], train["seed"], info.rank, info.world_size,
+            cfg["aug"]["repeated_aug"], cfg["data"]["workers"], pin,
+        )
+        self.val_loader = create_eval_loader(
+            val_set, self.derived["batch_size"], info.rank, info.world_size, cfg["data"]["workers"], pin
+        )
+        micro_batches = len(self.train_loader.sampler.sampler) // self.derived["batch_size"]
+        self.updates_per_epoch = micro_batches // self.derived["accum_steps"]
+        if self.updates_per_epoch < 1:
+            raise ConfigError(
+                f"an epoch holds fewer than the {self.derived['accum_steps']} micro-batches of one optimizer step; "
+                f"lower train.global_batch_size"
+            )
+
+        self.optimizer = build_optimizer(cfg, model, self.derived["lr"])
+        sched = cfg["sched"]
+        self.scheduler, _ = create_scheduler_v2(
+            self.optimizer, sched=sched["name"], num_epochs=train["epochs"], warmup_epochs=sched["warmup_epochs"],
+            warmup_lr=self.derived["warmup_lr"], min_lr=self.derived["min_lr"],
+            step_on_epochs=False, updates_per_epoch=self.updates_per_epoch,
+        )
+        self.scheduler.step_update(0)
+        amp = runtime["amp"]
+        if amp == "auto" and info.device.type == "cuda":
+            amp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        self.amp = amp
+        self.scaler = torch.amp.GradScaler("cuda", enabled=amp == "fp16")
+        self.ema = None
+        if cfg["ema"]["enabled"]:
+            self.ema = ModelEmaV3(model, decay=cfg["ema"]["decay"], use_warmup=cfg["ema"]["warmup"])
+        self.mixup, self.train_loss_fn = build_losses(cfg, cfg["model"]["num_classes"])
+
+        self.ddp = None
+        if info.world_size > 1:
+            device_ids = [info.device.index] if info.device.type == "cuda" else None
+            self.ddp = DistributedDataParallel(model, device_ids=device_ids)
+        wrapped = model if self.ddp is None else self.ddp
+        self.train_model = torch.compile(wrapped) if runtime["compile"] else wrapped
+
+        self.epoch = 0
+        self.step_in_epoch = 0
+        self.global_step = 0
+        self.loss_sum = torch.zeros((), dtype=torch.float64, device=info.device)
+        self.loss_count = 0
+        self.best = {"metric": None, "epoch": None}
+        self.history: list[dict] = []
+        self.wandb_id = None
+        if resume is not None:
+            self.load(resume)
+        self.wandb = None
+        if use_wandb and info.is_main:
+            self.wandb = WandbRun(cfg, output_dir, self.wandb_id)
+            self.wandb_id = self.wandb.run_id
+
+    # --- checkpoints -------------------------------------------------------------------------------------
+    def state(self) -> dict | None:
+        """The checkpoint (on rank 0; None elsewhere). Every rank must call it: it gathers per-rank RNG/loss."""
+        per_rank = all_gather_objects({"rng": rng_state(), "loss": [self.loss_sum.item(), self.loss_count]}, self.info)
+        if not self.info.is_main:
+            return None
+        state = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": self.epoch,
+            "step_in_epoch": self.step_in_epoch,
+            "global_step": self.global_step,
+            "per_rank": per_rank,
+            "world_size": self.info.world_size,
+            "batch_size": self.derived["batch_size"],
+            "best": dict(self.best),
+            "history": list(self.history),
+            "config": self.cfg,
+            "wandb_id": self.wandb_id,
+        }
+        if self.ema is not None:
+            state["model_ema"] = self.ema.module.state_dict()
+        return state
+
+    def save(self, name: str, state: dict | None = None) -> None:
+        state = self.state() if state is None else state
+        if state is not None:
+            atomic_save(state, self.output_dir / name)
+
+    def load(self, path: Path) -> None:
+        state = load_training_checkpoint(path)
+        mid_epoch = state["step_in_epoch"] > 0
+        same_layout = state["world_size"] == self.info.world_size and state["batch_size"] == self.derived["batch_size"]
+        if mid_epoch and not same_layout:
+            raise ConfigError(
+                f"{path} was saved mid-epoch by {state['world_size']} process(es) with batch {state['batch_size']}; "
+                f"resume it with the same process count and train.batch_size, or from an end-of-epoch checkpoint"
+            )
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None:
+            if "model_ema" not in state:
+                raise ConfigError(f"{path} has no EMA weights but ema.enabled is true; resume with ema.enabled=false")
+            self.ema.module.load_state_dict(state["model_ema"])
+        self.epoch, self.step_in_epoch, self.global_step = state["epoch"], state["step_in_epoch"], state["global_step"]
+        self.best, self.history, self.wandb_id = state["best"], state["history"], state["wandb_id"]
+        if same_layout:
+            mine = state["per_rank"][self.info.rank]
+            set_rng_state(mine["rng"])
+            self.loss_sum.fill_(mine["loss"][0])
+            self.loss_count = mine["loss"][1]
+        else:
+            seed_everything(self.cfg["train"]["seed"] + self.info.rank + self.global_step, False)
+        self.scheduler.step_update(self.global_step)
+        if self.info.is_main:
+            where = f"epoch {self.epoch}, step {self.step_in_epoch} of {self.updates_per_epoch}"
+            print(f"resumed from {path}: {where}", flush=True)
+
+    # --- the loop ----------------------------------------------------------------------------------------
+    def optimizer_step(self) -> None:
+        optim = self.cfg["optim"]
+        if optim["clip_grad"] is not None:
+            self.scaler.unscale_(self.optimizer)
+            params = model_parameters(self.model, exclude_head=optim["clip_mode"] == "agc")
+            dispatch_clip_grad(params, optim["clip_grad"], mode=optim["clip_mode"])
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.global_step += 1
+        self.step_in_epoch += 1
+        self.scheduler.step_update(self.global_step)
+        if self.ema is not None:
+            self.ema.update(self.model, step=self.global_step)
+
+    def train_epoch(self) -> dict:
+        info, derived = self.info, self.derived
+        accum, batch = derived["accum_steps"], derived["batch_size"]
+        self.train_loader.sampler.set_epoch(self.epoch, start=self.step_in_epoch * accum * batch)
+        self.train_model.train()
+        every = self.cfg["train"]["checkpoint_every_steps"]
+        start_step, start_time = self.step_in_epoch, time.perf_counter()
+        bar = tqdm(
+            total=self.updates_per_epoch, initial=self.step_in_epoch, disable=not info.is_main,
+            desc=f"epoch {self.epoch + 1}/{self.cfg['train']['epochs']}", unit="step", dynamic_ncols=True,
+            mininterval=1.0,
+        )
+        batches = iter(self.train_loader)
+        while self.step_in_epoch < self.updates_per_epoch:
+            for micro in range(accum):
+                images, targets = next(batches)
+                images = images.to(info.device, non_blocking=True)
+                targets = targets.to(info.device, non_blocking=True)
+                if self.mixup is not None:
+                    images, targets = self.mixup(images, targets)
+                if self.cfg["runtime"]["channels_last"]:
+                    images = images.contiguous(memory_format=torch.channels_last)
+                # Only the last micro-batch of a step all-reduces gradients across ranks.
+                sync = micro == accum - 1 or self.ddp is None
+                with (contextlib.nullcontext() if sync else self.ddp.no_sync()):
+                    with autocast_for(info.device, self.amp):
+                        loss = self.train_loss_fn(self.train_model(images), targets)
+                    self.scaler.scale(loss / accum).backward()
+                self.loss_sum += loss.detach().double() * len(images)
+                self.loss_count += len(images)
+            if not math.isfinite(loss.item()):
+                raise FloatingPointError(
+                    f"loss is {loss.item()} at step {self.global_step}; lower optim.lr or check the data"
+                )
+            self.optimizer_step()
+            seconds = time.perf_counter() - start_time
+            img_per_s = (self.step_in_epoch - start_step) * accum * batch * info.world_size / seconds
+            lr = self.optimizer.param_groups[0]["lr"]
+            bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}", img_s=f"{img_per_s:.1f}", refresh=False)
+            bar.update()
+            if self.wandb is not None and self.global_step % self.cfg["train"]["log_every"] == 0:
+                self.wandb.log({"train/loss": loss.item(), "train/lr": lr}, step=self.global_step)
+            if every and self.step_in_epoch % every == 0 and self.step_in_epoch < self.updates_per_epoch:
+                self.save(LAST)
+                if info.is_main:
+                    bar.write(f"saved {self.output_dir / LAST} (epoch {self.epoch}, step {self.step_in_epoch})")
+        bar.close()
+        count = torch.tensor(float(self.loss_count), device=info.device, dtype=torch.float64)
+        totals = all_reduce_sum(torch.stack([self.loss_sum, count]), info)
+        seconds = time.perf_counter() - start_time
+        return {
+            "train_loss": (totals[0] / totals[1]).item(),
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "epoch_seconds": seconds,
+            "train_img_per_s": (self.step_in_epoch - start_step) * accum * batch * info.world_size / seconds,
+        }
+
+    def run(self) -> dict:
+        cfg, info = self.cfg, self.info
+        epochs = cfg["train"]["epochs"]
+        while self.epoch < epochs:
+            row = {"epoch": self.epoch + 1, **self.train_epoch(), "global_step": self.global_step}
+            if (self.epoch + 1) % cfg["train"]["eval_every"] == 0 or self.epoch + 1 == epochs:
+                amp, channels_last = self.amp, cfg["runtime"]["channels_last"]
+                metrics = evaluate(self.model, self.val_loader, info, amp, channels_last)
+                row.update(top1=metrics["top1"], top5=metrics["top5"], val_loss=metrics["loss"])
+                if self.ema is not None and cfg["ema"]["eval"]:
+                    ema = evaluate(self.ema.module, self.val_loader, info, amp, channels_last)
+                    row.update(ema_top1=ema["top1"], ema_top5=ema["top5"], ema_val_loss=ema["loss"])
+            self.history.append(row)
+            self.epoch += 1
+            self.step_in_epoch = 0
+            self.loss_sum.zero_()
+            self.loss_count = 0
+            key = cfg["train"]["best_metric"]
+            improved = row.get(key) is not None and (self.best["metric"] is None or row[key] > self.best["metric"])
+            if improved:
+                self.best = {"metric": row[key], "epoch": row["epoch"]}
+            state = self.state()
+            if info.is_main:
+                atomic_save(state, self.output_dir / LAST)
+                if improved:
+                    atomic_save(state, self.output_dir / BEST)
+                write_summary(self.history, self.output_dir / "summary.csv")
+                print(format_row(row, self.best, key), flush=True)
+                if self.wandb is not None:
+                    self.wandb.log({f"epoch/{k}": v for k, v in row.items()}, step=self.global_step)
+        if self.wandb is not None:
+            self.wandb.finish()
+        return self.history[-1] if self.history else {}
+
+
+def format_row(row: dict, best: dict, key: str) -> str:
+    parts = [f"epoch {row['epoch']}", f"train_loss {row['train_loss']:.4f}", f"lr {row['lr']:.3e}"]
+    for name in ("top1", "top5", "val_loss", "ema_top1", "ema_top5"):
+        if name in row:
+            parts.append(f"{name} {row[name]:.3f}")
+    parts.append(f"{row['train_img_per_s']:.1f} img/s")
+    if best["metric"] is not None:
+        parts.append(f"best {key} {best['metric']:.3f} (epoch {best['epoch']})")
+    return "  ".join(parts)
+
+
+def prepare_output(output_dir: Path, resume: str | None, info: DistInfo) -> Path | None:
+    """The checkpoint to resume from (``auto`` = ``OUTPUT/last.pth`` if present); refuses to overwrite a run."""
+    last = output_dir / LAST
+    if resume == "auto":
+        resume_path = last if last.is_file() else None
+    elif resume:
+        resume_path = Path(resume)
+        if not resume_path.is_file():
+            raise ConfigError(f"cannot resume: {resume_path} does not exist")
+    else:
+        resume_path = None
+        if last.is_file():
+            raise ConfigError(
+                f"{output_dir} already holds a run ({last}); "
+                f"pass --resume auto to continue it or choose another --output"
+            )
+    if info.is_main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    barrier(info)
+    return resume_path
+
+
+def add_train_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "train", help="train a model with a recipe from configs/cls (torchrun for several processes)"
+    )
+    parser.add_argument("config", help="recipe YAML, or a model name whose recipe is configs/cls/<name>.yaml")
+    parser.add_argument("overrides", nargs="*", help="config overrides section.key=value, e.g. optim.lr=2e-3")
+    parser.add_argument("--data-dir", help="ImageNet-style folder with train/ and val/ (sets data.dir)")
+    parser.add_argument("--output", help="run folder (sets train.output; default runs/<model>)")
+    parser.add_argument("--resume", help="checkpoint to resume, or 'auto' for OUTPUT/last.pth when it exists")
+    parser.add_argument(
+        "--wandb", action="store_true", help="log to Weights & Biases (offline unless credentials are set)"
+    )
+    return parser
+
+
+def run_train(args: argparse.Namespace) -> int:
+    overrides = list(args.overrides)
+    if args.data_dir:
+        overrides.append(f"data.dir={args.data_dir}")
+    cfg = load_config(args.config, overrides)
+    output_dir = Path(args.output or Path(cfg["train"]["output"]) / cfg["model"]["name"])
+    cfg["train"]["output"] = str(output_dir)
+    info = init_distributed(cfg["runtime"]["device"])
+    try:
+        resume = prepare_output(output_dir, args.resume, info)
+        trainer = Trainer(cfg, output_dir, info, resume, args.wandb)
+        if info.is_main:
+            derived = ", ".join(f"{key}={value}" for key, value in trainer.derived.items())
+            save_config(cfg, output_dir / "config.yaml", header=f"derived: {derived}")
+        trainer.run()
+    finally:
+        shutdown(info)
+    return 0
