@@ -4,6 +4,7 @@ from __future__ import annotations
 import datetime
 import json
 import platform
+import re
 import tempfile
 from importlib import metadata
 from pathlib import Path
@@ -123,10 +124,14 @@ def update_readme(results: str | Path, readme: str | Path) -> None:
     if not results.is_file():
         raise ExportError(f"no results file {results}; run `visionzoo export --matrix 'vz_*'` first")
     text = readme.read_text()
-    if README_START not in text or README_END not in text or text.index(README_START) > text.index(README_END):
-        raise ExportError(f"{readme} has no {README_START} ... {README_END} section; add the two markers where the table goes")
+    # The markers count only on lines of their own (prose may quote them).
+    section = re.search(rf"^{re.escape(README_START)}$.*?^{re.escape(README_END)}$", text, re.MULTILINE | re.DOTALL)
+    if section is None:
+        raise ExportError(
+            f"{readme} has no {README_START} ... {README_END} section; add the two markers, each on its own line, "
+            f"where the table goes"
+        )
     table = markdown_table(json.loads(results.read_text()))
-    head, rest = text.split(README_START, 1)
-    tail = rest.split(README_END, 1)[1]
+    head, tail = text[:section.start()], text[section.end():]
     with atomic_output(readme) as temp:
         temp.write_text(f"{head}{README_START}\n{table}\n{README_END}{tail}")
