@@ -1,0 +1,403 @@
+"""DaViT: Dual Attention Vision Transformers (Ding et al., ECCV 2022, arXiv 2204.03645).
+
+Each stage stacks "dual blocks": a spatial block (multi-head attention inside 7×7 windows) followed by a
+channel block (attention among channel groups over all tokens), both with conditional position encodings
+(x + DWConv3×3(x)) before the mixer and before the MLP. Any input size works: the stem, the downsamplers
+and the windows pad at the bottom/right and crop back.
+
+Blocks run on channels-last (B, H, W, C) tensors; stages take and return NCHW views of that memory, so the
+stage boundaries, ``forward_features`` and the feature pyramid cost no copies. Parameter names follow timm's
+``davit_*`` models, so timm checkpoints load unchanged; the official release's layout is converted by
+:func:`checkpoint_filter_fn`.
+"""
+from __future__ import annotations
+
+import re
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import LayerNorm2d, NormMlpClassifierHead, trunc_normal_
+from timm.models import build_model_with_cfg, checkpoint, checkpoint_seq
+from timm.models._features import feature_take_indices
+from timm.models import generate_default_cfgs, register_model
+from torch import nn
+
+from visionzoo.layers.activations import InferenceInplaceGELU
+from visionzoo.layers.channel_attention import ChannelGroupAttention
+from visionzoo.layers.checks import check_image_input
+from visionzoo.layers.drop import DropPath
+from visionzoo.layers.mlp import Mlp
+from visionzoo.layers.pos_embed import ConvPosEnc
+from visionzoo.layers.window_attention import WindowAttention
+from visionzoo.models._checkpoint import _unwrap
+from visionzoo.ops.window import pad_to_windows
+
+__all__ = ["DaViT", "checkpoint_filter_fn"]
+
+
+class Stem(nn.Module):
+    """Zero-pad to a multiple of 4, Conv 7×7 / 4, LayerNorm over channels; NCHW in, NCHW view of NHWC out."""
+
+    def __init__(self, in_chans: int, out_chs: int, norm_eps: float, device=None, dtype=None):
+        super().__init__()
+        self.stride = 4
+        self.conv = nn.Conv2d(in_chans, out_chs, 7, stride=self.stride, padding=3, device=device, dtype=dtype)
+        self.norm = nn.LayerNorm(out_chs, eps=norm_eps, device=device, dtype=dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pad_bottom, pad_right = -x.shape[-2] % self.stride, -x.shape[-1] % self.stride
+        if pad_bottom or pad_right:
+            x = F.pad(x, (0, pad_right, 0, pad_bottom))
+        # A channels-last input makes the conv write channels-last: the 3-channel copy here saves a wide one later.
+        x = self.conv(x.contiguous(memory_format=torch.channels_last))
+        return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class Downsample(nn.Module):
+    """LayerNorm (input width), zero-pad to even size, Conv 2×2 / 2; channels-last in and out."""
+
+    def __init__(self, in_chs: int, out_chs: int, norm_eps: float, device=None, dtype=None):
+        super().__init__()
+        self.norm = nn.LayerNorm(in_chs, eps=norm_eps, device=device, dtype=dtype)
+        self.conv = nn.Conv2d(in_chs, out_chs, 2, stride=2, device=device, dtype=dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = pad_to_windows(self.norm(x), (2, 2))
+        return self.conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+
+
+class Block(nn.Module):
+    """cpe1 → x + mixer(norm1(x)) → cpe2 → x + mlp(norm2(x)), on channels-last maps; the mixer is window or
+    channel-group attention (DaViT's spatial and channel blocks)."""
+
+    def __init__(
+        self,
+        dim: int,
+        mixer: nn.Module,
+        mlp_ratio: float,
+        drop_path: float,
+        norm_eps: float,
+        device=None,
+        dtype=None,
+    ):
+        super().__init__()
+        dd = dict(device=device, dtype=dtype)
+        self.cpe1 = ConvPosEnc(dim, 3, **dd)
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps, **dd)
+        self.attn = mixer
+        self.drop_path1 = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+        self.cpe2 = ConvPosEnc(dim, 3, **dd)
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps, **dd)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=InferenceInplaceGELU, **dd)
+        self.drop_path2 = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # The residual sums land in the branch outputs in place: those are fresh tensors that no backward
+        # formula needs (linear and drop path keep their inputs, not outputs), so autograd is unaffected.
+        x = self.cpe1(x)
+        x = self.drop_path1(self.attn(self.norm1(x))).add_(x)
+        x = self.cpe2(x)
+        return self.drop_path2(self.mlp(self.norm2(x))).add_(x)
+
+
+class DaViTStage(nn.Module):
+    """Optional downsample, then ``depth`` dual blocks (spatial, channel); NCHW views in and out."""
+
+    def __init__(
+        self,
+        in_chs: int,
+        out_chs: int,
+        depth: int,
+        num_heads: int,
+        window_size: int,
+        mlp_ratio: float,
+        qkv_bias: bool,
+        drop_path_rates: list[float],
+        norm_eps: float,
+        downsample: bool,
+        device=None,
+        dtype=None,
+    ):
+        super().__init__()
+        dd = dict(device=device, dtype=dtype)
+        self.grad_checkpointing = False
+        self.downsample = Downsample(in_chs, out_chs, norm_eps, **dd) if downsample else nn.Identity()
+        dual_blocks = []
+        for index in range(depth):
+            spatial_rate, channel_rate = drop_path_rates[2 * index : 2 * index + 2]
+            spatial = Block(
+                out_chs, WindowAttention(out_chs, num_heads, window_size, qkv_bias, **dd),
+                mlp_ratio, spatial_rate, norm_eps, **dd,
+            )
+            channel = Block(
+                out_chs, ChannelGroupAttention(out_chs, num_heads, qkv_bias, **dd),
+                mlp_ratio, channel_rate, norm_eps, **dd,
+            )
+            dual_blocks.append(nn.Sequential(spatial, channel))
+        self.blocks = nn.Sequential(*dual_blocks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.downsample(x.permute(0, 2, 3, 1))
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            x = checkpoint_seq(self.blocks, x)
+        else:
+            x = self.blocks(x)
+        return x.permute(0, 3, 1, 2)
+
+
+class DaViT(nn.Module):
+    """DaViT backbone and classifier (arXiv 2204.03645); any input size, 4-level pyramid at strides 4–32."""
+
+    def __init__(
+        self,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        global_pool: str = "avg",
+        embed_dims: tuple[int, ...] = (96, 192, 384, 768),
+        depths: tuple[int, ...] = (1, 1, 3, 1),
+        num_heads: tuple[int, ...] = (3, 6, 12, 24),
+        window_size: int = 7,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        norm_eps: float = 1e-5,
+        drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        device=None,
+        dtype=None,
+    ):
+        super().__init__()
+        if not len(embed_dims) == len(depths) == len(num_heads):
+            raise ValueError(
+                f"embed_dims, depths and num_heads need one entry per stage, got {len(embed_dims)}, "
+                f"{len(depths)} and {len(num_heads)}"
+            )
+        dd = dict(device=device, dtype=dtype)
+        self.in_chans = in_chans
+        self.num_classes = num_classes
+        self.num_features = self.head_hidden_size = embed_dims[-1]
+        self.drop_rate = drop_rate
+        self.grad_checkpointing = False
+
+        self.stem = Stem(in_chans, embed_dims[0], norm_eps, **dd)
+        # Stochastic depth grows linearly over every spatial and channel block, as in the official code.
+        rates = torch.linspace(0, drop_path_rate, 2 * sum(depths)).tolist()
+        stages, self.feature_info, in_chs = [], [], embed_dims[0]
+        for index, (width, depth, heads) in enumerate(zip(embed_dims, depths, num_heads)):
+            first = 2 * sum(depths[:index])
+            stages.append(DaViTStage(
+                in_chs, width, depth, heads, window_size, mlp_ratio, qkv_bias,
+                rates[first : first + 2 * depth], norm_eps, downsample=index > 0, **dd,
+            ))
+            self.feature_info.append(dict(num_chs=width, reduction=4 * 2**index, module=f"stages.{index}"))
+            in_chs = width
+        self.stages = nn.Sequential(*stages)
+        self.head = NormMlpClassifierHead(
+            self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate,
+            norm_layer=partial(LayerNorm2d, eps=norm_eps), **dd,
+        )
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            trunc_normal_(module.weight, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        return set()
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        return dict(
+            stem=r"^stem",
+            blocks=r"^stages\.(\d+)" if coarse else [
+                (r"^stages\.(\d+)\.downsample", (0,)),
+                (r"^stages\.(\d+)\.blocks\.(\d+)", None),
+                (r"^head\.norm", (99999,)),
+            ],
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+        for stage in self.stages:
+            stage.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        self.num_classes = num_classes
+        self.head.reset(num_classes, global_pool)
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | list[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Stage outputs (NCHW) at ``indices`` (last n if int, all if None). DaViT has no norm before its head
+        pooling, so ``norm`` changes nothing."""
+        if output_fmt != "NCHW":
+            raise ValueError(f"DaViT returns NCHW intermediates only, got output_fmt={output_fmt!r}")
+        check_image_input(x, self.in_chans, model_name="DaViT")
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        stages = self.stages[: max_index + 1] if stop_early or intermediates_only else self.stages
+        intermediates = []
+        x = self.stem(x)
+        for index, stage in enumerate(stages):
+            x = checkpoint(stage, x) if self.grad_checkpointing and not torch.jit.is_scripting() else stage(x)
+            if index in take_indices:
+                intermediates.append(x)
+        if intermediates_only:
+            return intermediates
+        return x, intermediates
+
+    def prune_intermediate_layers(
+        self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        """Drop the stages after the last index needed (and the head); returns the kept indices."""
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        self.stages = self.stages[: max_index + 1]
+        if max_index < len(self.feature_info) - 1:
+            # The head's norm is sized for the last stage, which is gone.
+            self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
+            prune_head = True
+        if prune_head:
+            self.num_classes = 0
+            self.head.reset(0, "", reset_other=True)
+        return take_indices
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        check_image_input(x, self.in_chans, model_name="DaViT")
+        x = self.stem(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint_seq(self.stages, x)
+        return self.stages(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return self.head(x, pre_logits=pre_logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+_OFFICIAL_RENAMES = (
+    (r"^patch_embeds\.0\.proj\.", "stem.conv."),
+    (r"^patch_embeds\.0\.norm\.", "stem.norm."),
+    (r"^patch_embeds\.(\d+)\.proj\.", r"stages.\1.downsample.conv."),
+    (r"^patch_embeds\.(\d+)\.norm\.", r"stages.\1.downsample.norm."),
+    (r"^main_blocks\.(\d+)\.(\d+)\.(\d+)\.cpe\.0\.", r"stages.\1.blocks.\2.\3.cpe1."),
+    (r"^main_blocks\.(\d+)\.(\d+)\.(\d+)\.cpe\.1\.", r"stages.\1.blocks.\2.\3.cpe2."),
+    (r"^main_blocks\.(\d+)\.", r"stages.\1.blocks."),
+    (r"^norms\.", "head.norm."),
+    (r"^head\.(weight|bias)$", r"head.fc.\1"),
+)
+
+
+def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """Convert our layout (= timm's ``davit_*``, passed through) or the official release's (dingmyu/davit)."""
+    state_dict = _unwrap(state_dict, "the DaViT state dict")
+    if "patch_embeds.0.proj.weight" not in state_dict:
+        return state_dict
+    converted = {}
+    for key, value in state_dict.items():
+        for pattern, replacement in _OFFICIAL_RENAMES:
+            key, count = re.subn(pattern, replacement, key)
+            if count:
+                break
+        converted[key] = value
+    return converted
+
+
+def _create_davit(variant: str, pretrained: bool = False, **kwargs) -> DaViT:
+    out_indices = kwargs.pop("out_indices", tuple(range(len(kwargs.get("depths", (1, 1, 3, 1))))))
+    return build_model_with_cfg(
+        DaViT, variant, pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(flatten_sequential=True, out_indices=out_indices),
+        **kwargs,
+    )
+
+
+def _cfg(**kwargs) -> dict:
+    return {
+        "url": "",
+        "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": (7, 7),
+        "crop_pct": 0.95, "interpolation": "bicubic",
+        "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD,
+        "first_conv": "stem.conv", "classifier": "head.fc",
+        "license": "mit", "paper_ids": "arXiv:2204.03645",
+        "origin_url": "https://github.com/dingmyu/davit",
+        **kwargs,
+    }
+
+
+default_cfgs = generate_default_cfgs({
+    "vz_davit_tiny": _cfg(),
+    "vz_davit_small": _cfg(),
+    "vz_davit_base": _cfg(),
+    "vz_davit_large": _cfg(),
+    "vz_davit_huge": _cfg(),
+    "vz_davit_giant": _cfg(),
+})
+
+# widths, dual blocks per stage, heads (= channel groups; 32 channels each everywhere).
+_VARIANTS = {
+    "tiny": ((96, 192, 384, 768), (1, 1, 3, 1), (3, 6, 12, 24)),
+    "small": ((96, 192, 384, 768), (1, 1, 9, 1), (3, 6, 12, 24)),
+    "base": ((128, 256, 512, 1024), (1, 1, 9, 1), (4, 8, 16, 32)),
+    "large": ((192, 384, 768, 1536), (1, 1, 9, 1), (6, 12, 24, 48)),
+    "huge": ((256, 512, 1024, 2048), (1, 1, 9, 1), (8, 16, 32, 64)),
+    "giant": ((384, 768, 1536, 3072), (1, 1, 12, 3), (12, 24, 48, 96)),
+}
+
+
+def _variant(size: str, pretrained: bool, kwargs: dict) -> DaViT:
+    embed_dims, depths, num_heads = _VARIANTS[size]
+    model_args = dict(embed_dims=embed_dims, depths=depths, num_heads=num_heads)
+    return _create_davit(f"vz_davit_{size}", pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def vz_davit_tiny(pretrained: bool = False, **kwargs) -> DaViT:
+    """DaViT-T: 28.4M params, 4.5 GMACs at 224, 82.8 % IN-1k top-1."""
+    return _variant("tiny", pretrained, kwargs)
+
+
+@register_model
+def vz_davit_small(pretrained: bool = False, **kwargs) -> DaViT:
+    """DaViT-S: 49.7M params, 8.8 GMACs at 224, 84.2 % IN-1k top-1."""
+    return _variant("small", pretrained, kwargs)
+
+
+@register_model
+def vz_davit_base(pretrained: bool = False, **kwargs) -> DaViT:
+    """DaViT-B: 88.0M params, 15.5 GMACs at 224, 84.6 % IN-1k top-1."""
+    return _variant("base", pretrained, kwargs)
+
+
+@register_model
+def vz_davit_large(pretrained: bool = False, **kwargs) -> DaViT:
+    """DaViT-L, window 7 at 224 as in timm (the official config used window_size=12 at 384); no weights."""
+    return _variant("large", pretrained, kwargs)
+
+
+@register_model
+def vz_davit_huge(pretrained: bool = False, **kwargs) -> DaViT:
+    """DaViT-H, window 7 at 224 as in timm; no weights."""
+    return _variant("huge", pretrained, kwargs)
+
+
+@register_model
+def vz_davit_giant(pretrained: bool = False, **kwargs) -> DaViT:
+    """DaViT-G, window 7 at 224 as in timm; no weights."""
+    return _variant("giant", pretrained, kwargs)
