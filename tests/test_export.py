@@ -16,7 +16,9 @@ from visionzoo.export import ExportError, add_export_parser, export_model
 from visionzoo.export._files import atomic_output
 from visionzoo.export.core import failing_op
 from visionzoo.export.inputs import max_relative_error, photo_batch
-from visionzoo.export.matrix import README_END, README_START, markdown_table, run_matrix, select_models, update_readme
+from visionzoo.export.matrix import (
+    README_END, README_START, markdown_table, merge_results, run_matrix, select_models, update_readme,
+)
 from visionzoo.layers.deform_conv import deform_conv2d_sampled
 from visionzoo.models._checkpoint import CheckpointError
 
@@ -112,6 +114,8 @@ def test_max_relative_error_is_scaled_by_the_reference():
 def test_failing_op_names_the_operator():
     assert failing_op(RuntimeError("Unsupported: aten.unfold.default with data-dependent size")) == "aten.unfold.default"
     assert failing_op(RuntimeError("PyTorch convert function for op 'grid_sampler' not implemented.")) == "grid_sampler"
+    ort_message = "[ONNXRuntimeError] : 1 : FAIL : Non-zero status code returned while running Concat node. Name:'node_cat_3'"
+    assert failing_op(RuntimeError(ort_message)) == "Concat node. Name:'node_cat_3'"
     assert failing_op(RuntimeError("something else broke")) is None
 
 
@@ -201,3 +205,13 @@ def test_whole_zoo_matrix():
     assert len(matrix["results"]) == 3 * len(names)
     failures = [r for r in matrix["results"] if r["status"] not in ("ok", "converted")]
     assert not failures, markdown_table({**matrix, "results": failures})
+
+
+def test_matrix_merge_replaces_rerun_rows_and_keeps_the_rest():
+    old = {"results": [{"model": "vz_a", "format": "onnx", "status": "failed"}, {"model": "vz_b", "format": "onnx", "status": "ok"}]}
+    new = {"created": "now", "results": [{"model": "vz_a", "format": "executorch", "status": "ok"},
+                                         {"model": "vz_a", "format": "onnx", "status": "ok"}]}
+    merged = merge_results(old, new)
+    assert [(r["model"], r["format"], r["status"]) for r in merged["results"]] == [
+        ("vz_a", "onnx", "ok"), ("vz_a", "executorch", "ok"), ("vz_b", "onnx", "ok")]
+    assert merged["created"] == "now"

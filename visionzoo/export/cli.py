@@ -8,7 +8,7 @@ from pathlib import Path
 from visionzoo.export._files import ExportError
 from visionzoo.export.core import DEFAULT_TOLERANCE, export_model, get_format
 from visionzoo.export.formats import FORMATS
-from visionzoo.export.matrix import DEFAULT_RESULTS, TABLE_HEADER, markdown_table, run_matrix, select_models, update_readme, write_json
+from visionzoo.export.matrix import DEFAULT_RESULTS, TABLE_HEADER, markdown_table, merge_results, run_matrix, select_models, update_readme, write_json
 
 
 def _formats(value: str) -> list[str]:
@@ -51,6 +51,7 @@ def add_export_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="print the result record as JSON")
     parser.add_argument("--matrix", metavar="PATTERN", help="export every model matching PATTERN in every format")
     parser.add_argument("--smallest", action="store_true", help="with --matrix: only each family's smallest variant")
+    parser.add_argument("--merge", action="store_true", help="with --matrix: keep the results file's other models' rows")
     parser.add_argument("--markdown", help="with --matrix: also write the Markdown table here")
     parser.add_argument(
         "--update-readme", nargs="?", const="README.md", metavar="README",
@@ -87,6 +88,8 @@ def run_export(args: argparse.Namespace) -> int:
             raise ExportError(f"--out {out}: the matrix writes JSON, give a .json path")
         print("\n".join(TABLE_HEADER))
         matrix = run_matrix(names, args.format or list(FORMATS), args.img_size, args.deploy, args.latency_repeats)
+        if args.merge and out.is_file():
+            matrix = merge_results(json.loads(out.read_text()), matrix)
         write_json(matrix, out)
         if args.markdown:
             Path(args.markdown).write_text(markdown_table(matrix) + "\n")

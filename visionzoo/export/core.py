@@ -24,11 +24,12 @@ DEFAULT_TOLERANCE = 1e-4
 MACOS_ONLY = "Core ML prediction needs macOS: not run here; conversion and the saved spec (input/output names, shapes) checked"
 
 # Operator names as exporters print them: aten::unfold, aten.index_put_.default, torchvision::deform_conv2d,
-# or coremltools' "convert function for op 'xyz' not implemented".
+# coremltools' "convert function for op 'xyz' not implemented", onnxruntime's "running Concat node. Name:'x'".
 _OP_PATTERNS = (
     re.compile(r"\b((?:aten|torchvision|prims|quantized|_c10d_functional)(?:::|\.)[A-Za-z0-9_]+(?:\.[A-Za-z0-9_]+)?)"),
     re.compile(r"\bop '([A-Za-z0-9_.:]+)'"),
     re.compile(r"\bop(?:erator)? ([A-Za-z0-9_]+::[A-Za-z0-9_.]+)"),
+    re.compile(r"running (\w+ node\. Name:'[^']+')"),  # onnxruntime
 )
 
 

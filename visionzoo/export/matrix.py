@@ -70,6 +70,15 @@ def run_matrix(
     }
 
 
+def merge_results(old: dict, new: dict) -> dict:
+    """``new`` plus the rows of ``old`` for (model, format) pairs that ``new`` did not run, sorted by model."""
+    ran = {(r["model"], r["format"]) for r in new["results"]}
+    kept = [r for r in old["results"] if (r["model"], r["format"]) not in ran]
+    order = list(FORMATS)
+    rows = sorted(kept + new["results"], key=lambda r: (r["model"], order.index(r["format"])))
+    return {**new, "results": rows}
+
+
 def _version(package: str) -> str | None:
     try:
         return metadata.version(package)
