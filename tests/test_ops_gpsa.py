@@ -1,0 +1,97 @@
+"""Gated positional self-attention op: the fast path computes the reference's function."""
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from visionzoo.ops.gpsa import gated_positional_attention, gpsa_reference, relative_position_features
+
+
+def _inputs(batch, heads, height, width, head_dim, value_dim, seed, dtype=torch.float64):
+    generator = torch.Generator().manual_seed(seed)
+    tokens = height * width
+
+    def rand(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=generator, dtype=dtype) * scale)
+
+    q, k = rand(batch, heads, tokens, head_dim), rand(batch, heads, tokens, head_dim)
+    v = rand(batch, heads, tokens, value_dim)
+    weight = rand(heads, 3)
+    pos_logits = torch.einsum("nmf,hf->hnm", relative_position_features(height, width, dtype=dtype), weight)
+    gating = rand(heads, scale=3.0)
+    return q, k, v, pos_logits, gating
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    batch=st.integers(1, 3),
+    heads=st.integers(1, 5),
+    height=st.integers(1, 6),
+    width=st.integers(1, 6),
+    head_dim=st.integers(1, 9),
+    value_dim=st.integers(1, 9),
+    seed=st.integers(0, 2**16),
+)
+def test_fast_path_matches_reference(batch, heads, height, width, head_dim, value_dim, seed):
+    q, k, v, pos_logits, gating = _inputs(batch, heads, height, width, head_dim, value_dim, seed)
+    expected = gated_positional_attention(q, k, v, pos_logits, gating, backend="reference")
+    actual = gated_positional_attention(q, k, v, pos_logits, gating, backend="sdpa_split")
+    torch.testing.assert_close(actual, expected, rtol=1e-10, atol=1e-10)
+
+
+@settings(max_examples=10, deadline=None)
+@given(batch=st.integers(1, 2), heads=st.integers(1, 4), height=st.integers(1, 5), width=st.integers(2, 5),
+       seed=st.integers(0, 2**16))
+def test_fast_path_matches_reference_float32_with_scale(batch, heads, height, width, seed):
+    q, k, v, pos_logits, gating = _inputs(batch, heads, height, width, 8, 8, seed, dtype=torch.float32)
+    expected = gated_positional_attention(q, k, v, pos_logits, gating, scale=0.3, backend="reference")
+    actual = gated_positional_attention(q, k, v, pos_logits, gating, scale=0.3, backend="sdpa_split")
+    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_reference_matches_per_head_formula():
+    q, k, v, pos_logits, gating = _inputs(2, 3, 2, 3, 4, 5, seed=0)
+    out = gpsa_reference(q, k, v, pos_logits, gating, scale=0.5)
+    for head in range(3):
+        gate = torch.sigmoid(gating[head])
+        content = torch.softmax(q[:, head] @ k[:, head].transpose(-1, -2) * 0.5, dim=-1)
+        mixed = (1 - gate) * content + gate * torch.softmax(pos_logits[head], dim=-1)
+        mixed = mixed / mixed.sum(-1, keepdim=True)
+        torch.testing.assert_close(out[:, head], mixed @ v[:, head])
+
+
+def test_gate_extremes_select_one_map():
+    q, k, v, pos_logits, _ = _inputs(1, 2, 3, 3, 4, 4, seed=1)
+    content_only = gated_positional_attention(q, k, v, pos_logits, torch.full((2,), -60.0, dtype=torch.float64))
+    positional_only = gated_positional_attention(q, k, v, pos_logits, torch.full((2,), 60.0, dtype=torch.float64))
+    torch.testing.assert_close(content_only, torch.softmax(q @ k.transpose(-1, -2) * 0.5, -1) @ v)
+    torch.testing.assert_close(positional_only, torch.softmax(pos_logits, -1) @ v)
+
+
+def test_dispatch_falls_back_to_reference_where_split_is_inexact():
+    q, k, v, pos_logits, gating = _inputs(2, 2, 2, 2, 4, 4, seed=2)
+    assert gated_positional_attention.select(q, k, v, pos_logits, gating) is not gpsa_reference
+    assert gated_positional_attention.select(q, k, v, pos_logits, gating, dropout_p=0.1) is gpsa_reference
+    batched_logits = pos_logits.expand(2, -1, -1, -1)
+    assert gated_positional_attention.select(q, k, v, batched_logits, gating) is gpsa_reference
+    with pytest.raises(ValueError, match="does not support"):
+        gated_positional_attention(q, k, v, pos_logits, gating, dropout_p=0.1, backend="sdpa_split")
+
+
+@pytest.mark.parametrize("height, width", [(1, 1), (3, 3), (2, 5), (4, 3)])
+def test_relative_position_features_follow_the_definition(height, width):
+    features = relative_position_features(height, width)
+    assert features.shape == (height * width, height * width, 3)
+    for query in range(height * width):
+        for key in range(height * width):
+            delta_x = key % width - query % width
+            delta_y = key // width - query // width
+            assert features[query, key].tolist() == [delta_x, delta_y, delta_x**2 + delta_y**2]
+
+
+def test_relative_position_features_match_timm_on_square_grids():
+    from timm.models.convit import GPSA
+
+    for side in (1, 4, 14):
+        expected = GPSA(8, num_heads=2).get_rel_indices(side * side)[0]
+        assert torch.equal(relative_position_features(side, side), expected)

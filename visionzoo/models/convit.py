@@ -1,0 +1,385 @@
+"""ConViT: a DeiT whose first blocks use gated positional self-attention (GPSA) initialised as convolutions.
+
+d'Ascoli, Touvron, Leavitt, Morcos, Biroli, Sagun, "ConViT: Improving Vision Transformers with Soft
+Convolutional Inductive Biases", ICML 2021 (arXiv 2103.10697). Official code: facebookresearch/convit.
+
+Blocks 0..9 run GPSA on the patch tokens alone; the class token joins before the last two (plain
+multi-head attention) blocks. Unlike the official model and timm's, which are fixed at their build size,
+any input whose sides are multiples of 16 works: the position embedding is resampled bicubically and
+the relative positions are rebuilt for the actual (possibly non-square) patch grid.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import resample_abs_pos_embed
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from visionzoo.layers.attention import MultiHeadSelfAttention
+from visionzoo.layers.checks import check_image_input
+from visionzoo.layers.drop import DropPath
+from visionzoo.layers.gpsa import GatedPositionalSelfAttention
+from visionzoo.layers.mlp import Mlp
+from visionzoo.layers.patch_embed import PatchEmbed
+
+__all__ = ["ConVit", "checkpoint_filter_fn"]
+
+GLOBAL_POOLS = ("token", "avg", "")
+
+
+def _init_linear_and_norm(module: nn.Module) -> None:
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+class ConVitBlock(nn.Module):
+    """Pre-norm transformer block whose attention is GPSA (patch tokens on a grid) or plain multi-head."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        use_gpsa: bool,
+        grid_size: tuple[int, int],
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = False,
+        locality_strength: float = 1.0,
+        proj_drop: float = 0.0,
+        attn_drop: float = 0.0,
+        drop_path: float = 0.0,
+        device=None,
+        dtype=None,
+    ):
+        super().__init__()
+        self.use_gpsa = use_gpsa
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6, device=device, dtype=dtype)
+        if use_gpsa:
+            self.attn = GatedPositionalSelfAttention(
+                dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop,
+                locality_strength=locality_strength, grid_size=grid_size, device=device, dtype=dtype,
+            )
+        else:
+            self.attn = MultiHeadSelfAttention(
+                dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop, device=device, dtype=dtype
+            )
+            self.attn.apply(_init_linear_and_norm)
+        self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6, device=device, dtype=dtype)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=proj_drop, device=device, dtype=dtype)
+        self.mlp.apply(_init_linear_and_norm)
+
+    def forward(self, x: torch.Tensor, grid_size: tuple[int, int]) -> torch.Tensor:
+        normed = self.norm1(x)
+        attended = self.attn(normed, grid_size) if self.use_gpsa else self.attn(normed)
+        x = x + self.drop_path(attended)
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class ConVit(nn.Module):
+    """ConViT (arXiv 2103.10697): patch embed + absolute position embedding, GPSA blocks, class token, MHSA blocks."""
+
+    def __init__(
+        self,
+        img_size: int | tuple[int, int] = 224,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        global_pool: str = "token",
+        embed_dim: int = 192,
+        depth: int = 12,
+        num_heads: int = 4,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = False,
+        local_up_to_layer: int = 10,
+        locality_strength: float = 1.0,
+        drop_rate: float = 0.0,
+        pos_drop_rate: float = 0.0,
+        proj_drop_rate: float = 0.0,
+        attn_drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        device=None,
+        dtype=None,
+    ):
+        super().__init__()
+        if global_pool not in GLOBAL_POOLS:
+            raise ValueError(f"global_pool must be one of {GLOBAL_POOLS}, got {global_pool!r}")
+        if not 0 <= local_up_to_layer <= depth:
+            raise ValueError(f"local_up_to_layer must be in [0, depth={depth}], got {local_up_to_layer}")
+        img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+        if img_size[0] % patch_size or img_size[1] % patch_size:
+            raise ValueError(f"img_size {img_size} must be a multiple of patch_size {patch_size}")
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.global_pool = global_pool
+        self.patch_size = patch_size
+        self.local_up_to_layer = local_up_to_layer
+        self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
+        self.grid_size = (img_size[0] // patch_size, img_size[1] // patch_size)
+        self.num_prefix_tokens = 1
+        self.grad_checkpointing = False
+
+        self.patch_embed = PatchEmbed(in_chans, embed_dim, patch_size, device=device, dtype=dtype)
+        self.pos_embed = nn.Parameter(
+            torch.zeros(1, self.grid_size[0] * self.grid_size[1], embed_dim, device=device, dtype=dtype)
+        )
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim, device=device, dtype=dtype))
+        self.pos_drop = nn.Dropout(pos_drop_rate)
+        drop_path_rates = [drop_path_rate * index / max(depth - 1, 1) for index in range(depth)]
+        self.blocks = nn.ModuleList(
+            ConVitBlock(
+                embed_dim, num_heads, use_gpsa=index < local_up_to_layer, grid_size=self.grid_size,
+                mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, locality_strength=locality_strength,
+                proj_drop=proj_drop_rate, attn_drop=attn_drop_rate, drop_path=drop_path_rates[index],
+                device=device, dtype=dtype,
+            )
+            for index in range(depth)
+        )
+        self.norm = nn.LayerNorm(embed_dim, eps=1e-6, device=device, dtype=dtype)
+        self.feature_info = [
+            dict(num_chs=embed_dim, reduction=patch_size, module=f"blocks.{index}") for index in range(depth)
+        ]
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(embed_dim, num_classes, device=device, dtype=dtype) if num_classes > 0 else nn.Identity()
+
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+        self.head.apply(_init_linear_and_norm)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        return {"pos_embed", "cls_token"}
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        return dict(stem=r"^cls_token|^pos_embed|^patch_embed", blocks=[(r"^blocks\.(\d+)", None), (r"^norm", (99999,))])
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        if global_pool is not None:
+            if global_pool not in GLOBAL_POOLS:
+                raise ValueError(f"global_pool must be one of {GLOBAL_POOLS}, got {global_pool!r}")
+            if global_pool == "token" and self.cls_token is None:
+                raise ValueError("token pooling needs the class token, which prune_intermediate_layers removed")
+            self.global_pool = global_pool
+        self.num_classes = num_classes
+        self.head = (
+            nn.Linear(self.embed_dim, num_classes, device=self.pos_embed.device, dtype=self.pos_embed.dtype)
+            if num_classes > 0
+            else nn.Identity()
+        )
+        self.head.apply(_init_linear_and_norm)
+
+    def _patch_grid(self, x: torch.Tensor) -> tuple[int, int]:
+        check_image_input(x, self.in_chans, min_size=self.patch_size, model_name=type(self).__name__)
+        height, width = x.shape[-2:]
+        if height % self.patch_size or width % self.patch_size:
+            raise ValueError(
+                f"ConVit needs height and width divisible by the patch size {self.patch_size}, got {height}x{width}; "
+                f"resize or pad the image (e.g. to {height // self.patch_size * self.patch_size}x"
+                f"{width // self.patch_size * self.patch_size})"
+            )
+        return height // self.patch_size, width // self.patch_size
+
+    def _embed(self, x: torch.Tensor, grid_size: tuple[int, int]) -> torch.Tensor:
+        """Patch tokens (B, N, C) plus the position embedding resampled to ``grid_size``."""
+        x = self.patch_embed(x).flatten(2).transpose(1, 2)
+        pos_embed = self.pos_embed
+        if grid_size != self.grid_size:
+            pos_embed = resample_abs_pos_embed(pos_embed, list(grid_size), list(self.grid_size), num_prefix_tokens=0)
+        return self.pos_drop(x + pos_embed)
+
+    def _run_block(self, index: int, x: torch.Tensor, grid_size: tuple[int, int]) -> torch.Tensor:
+        if index == self.local_up_to_layer and self.cls_token is not None:
+            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        block = self.blocks[index]
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            return checkpoint(block, x, grid_size, use_reentrant=False)
+        return block(x, grid_size)
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | Sequence[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Block outputs as patch-token maps (class token removed), stride 16; ``indices`` as in timm."""
+        if output_fmt not in ("NCHW", "NLC"):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
+        grid_size = self._patch_grid(x)
+        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+        last_index = max_index if stop_early else len(self.blocks) - 1
+        x = self._embed(x, grid_size)
+        intermediates = []
+        for index in range(last_index + 1):
+            x = self._run_block(index, x, grid_size)
+            if index in take_indices:
+                tokens = self.norm(x) if norm else x
+                patch_tokens = tokens[:, x.shape[1] - grid_size[0] * grid_size[1]:]
+                if output_fmt == "NCHW":
+                    patch_tokens = patch_tokens.reshape(x.shape[0], *grid_size, -1).permute(0, 3, 1, 2).contiguous()
+                intermediates.append(patch_tokens)
+        if intermediates_only:
+            return intermediates
+        return self.norm(x), intermediates
+
+    def prune_intermediate_layers(
+        self, indices: int | Sequence[int] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        """Drop the blocks after the last wanted index (and the class token if it would never join)."""
+        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+        self.blocks = self.blocks[: max_index + 1]
+        if max_index < self.local_up_to_layer:
+            self.cls_token = None
+            self.num_prefix_tokens = 0
+            prune_head = prune_head or self.global_pool == "token"
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0, "")
+        return take_indices
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised tokens (B, 1 + N, C), class token first."""
+        grid_size = self._patch_grid(x)
+        x = self._embed(x, grid_size)
+        for index in range(len(self.blocks)):
+            x = self._run_block(index, x, grid_size)
+        return self.norm(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if self.global_pool == "token":
+            x = x[:, 0]
+        elif self.global_pool == "avg":
+            x = x[:, self.num_prefix_tokens:].mean(dim=1)
+        x = self.head_drop(x)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: ConVit) -> dict[str, torch.Tensor]:
+    """Our, timm's and the official layouts (all the same keys) to ours.
+
+    Unwraps ``model``/``state_dict`` containers and ``module.`` prefixes, drops cached relative-position
+    buffers (we rebuild them) and resamples ``pos_embed`` when the model was built for another grid.
+    """
+    for wrapper in ("model", "state_dict"):
+        if isinstance(state_dict.get(wrapper), Mapping):
+            state_dict = state_dict[wrapper]
+    if state_dict and all(key.startswith("module.") for key in state_dict):
+        state_dict = {key[len("module."):]: value for key, value in state_dict.items()}
+    converted = {}
+    for key, value in state_dict.items():
+        if key.endswith((".rel_indices", ".rel_pos")):
+            continue
+        if key == "pos_embed" and value.shape[1] != model.pos_embed.shape[1]:
+            old_side = int(round(value.shape[1] ** 0.5))
+            value = resample_abs_pos_embed(value, list(model.grid_size), [old_side, old_side], num_prefix_tokens=0)
+        converted[key] = value
+    return converted
+
+
+def _create_convit(variant: str, pretrained: bool = False, **kwargs) -> ConVit:
+    # Every block's map by default, as the zoo contract asks (timm's convit_* default to the last 3).
+    out_indices = kwargs.pop("out_indices", tuple(range(kwargs.get("depth", 12))))
+    return build_model_with_cfg(
+        ConVit,
+        variant,
+        pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(out_indices=out_indices, feature_cls="getter"),
+        **kwargs,
+    )
+
+
+def _cfg(**kwargs) -> dict:
+    return {
+        "url": "",
+        "num_classes": 1000,
+        "input_size": (3, 224, 224),
+        "pool_size": None,
+        "crop_pct": 0.875,
+        "interpolation": "bicubic",
+        "mean": IMAGENET_DEFAULT_MEAN,
+        "std": IMAGENET_DEFAULT_STD,
+        "fixed_input_size": False,
+        "min_input_size": (3, 16, 16),
+        "first_conv": "patch_embed.proj",
+        "classifier": "head",
+        "license": "apache-2.0",
+        "paper_ids": "arXiv:2103.10697",
+        "paper_name": "ConViT: Improving Vision Transformers with Soft Convolutional Inductive Biases",
+        "origin_url": "https://github.com/facebookresearch/convit",
+        **kwargs,
+    }
+
+
+default_cfgs = generate_default_cfgs({
+    "vz_convit_tiny": _cfg(),
+    "vz_convit_small": _cfg(),
+    "vz_convit_base": _cfg(),
+    "vz_convit_tiny_plus": _cfg(),
+    "vz_convit_small_plus": _cfg(),
+    "vz_convit_base_plus": _cfg(),
+})
+
+# 48 channels per head (64 in the "+" models, released without weights); the first 10 of 12 blocks use GPSA.
+MODEL_ARGS = {
+    "vz_convit_tiny": dict(embed_dim=192, num_heads=4),
+    "vz_convit_small": dict(embed_dim=432, num_heads=9),
+    "vz_convit_base": dict(embed_dim=768, num_heads=16),
+    "vz_convit_tiny_plus": dict(embed_dim=256, num_heads=4),
+    "vz_convit_small_plus": dict(embed_dim=576, num_heads=9),
+    "vz_convit_base_plus": dict(embed_dim=1024, num_heads=16),
+}
+
+
+@register_model
+def vz_convit_tiny(pretrained: bool = False, **kwargs) -> ConVit:
+    return _create_convit("vz_convit_tiny", pretrained, **dict(MODEL_ARGS["vz_convit_tiny"], **kwargs))
+
+
+@register_model
+def vz_convit_small(pretrained: bool = False, **kwargs) -> ConVit:
+    return _create_convit("vz_convit_small", pretrained, **dict(MODEL_ARGS["vz_convit_small"], **kwargs))
+
+
+@register_model
+def vz_convit_base(pretrained: bool = False, **kwargs) -> ConVit:
+    return _create_convit("vz_convit_base", pretrained, **dict(MODEL_ARGS["vz_convit_base"], **kwargs))
+
+
+@register_model
+def vz_convit_tiny_plus(pretrained: bool = False, **kwargs) -> ConVit:
+    return _create_convit("vz_convit_tiny_plus", pretrained, **dict(MODEL_ARGS["vz_convit_tiny_plus"], **kwargs))
+
+
+@register_model
+def vz_convit_small_plus(pretrained: bool = False, **kwargs) -> ConVit:
+    return _create_convit("vz_convit_small_plus", pretrained, **dict(MODEL_ARGS["vz_convit_small_plus"], **kwargs))
+
+
+@register_model
+def vz_convit_base_plus(pretrained: bool = False, **kwargs) -> ConVit:
+    return _create_convit("vz_convit_base_plus", pretrained, **dict(MODEL_ARGS["vz_convit_base_plus"], **kwargs))
