@@ -20,6 +20,8 @@ from torch.export import Dim
 INPUT_NAME = "image"
 OUTPUT_NAME = "output"
 MAX_BATCH = 64
+# Ops that coremltools 9.0 cannot convert but that decompose into ops it can (aten.alias is dropped instead).
+COREML_MISSING_OPS = (torch.ops.aten.addcmul.default, torch.ops.aten.new_ones.default)
 
 
 def dynamic_shapes(dynamic_batch: bool, dynamic_size: bool, height: int, width: int):
@@ -138,7 +140,10 @@ class CoreMLFormat(Format):
     def export(self, model, example, path, shapes) -> dict:
         import coremltools as ct
 
-        program = torch.export.export(model, (example,), dynamic_shapes=shapes).run_decompositions({})
+        # No decompositions except for the ops coremltools 9.0 has no converter for.
+        core = torch.export.default_decompositions()
+        program = torch.export.export(model, (example,), dynamic_shapes=shapes)
+        program = program.run_decompositions({op: core[op] for op in COREML_MISSING_OPS})
         _drop_aliases(program)
         shape = list(example.shape)
         if shapes is not None:

@@ -22,8 +22,6 @@ class ConvPosEnc(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         conv = self.proj
         centre = conv.kernel_size[0] // 2
-        # torch.ones, not weight.new_ones: coremltools has no converter for aten.new_ones.
-        one = torch.ones(1, 1, 1, 1, dtype=conv.weight.dtype, device=conv.weight.device)
-        identity_tap = F.pad(one, (centre, centre, centre, centre))
+        identity_tap = F.pad(conv.weight.new_ones(1, 1, 1, 1), (centre, centre, centre, centre))
         out = F.conv2d(x.permute(0, 3, 1, 2), conv.weight + identity_tap, conv.bias, padding=conv.padding, groups=conv.groups)
         return out.permute(0, 2, 3, 1)
