@@ -1,0 +1,193 @@
+"""Blocked local self-attention with a halo and relative-position logits (HaloNet, arXiv 2103.12731).
+
+The map is cut into non-overlapping ``block × block`` query blocks; every query of a block attends to the
+keys of the same block widened by ``halo`` pixels on each side (a ``win × win`` window, win = block + 2·halo).
+With ``query_stride = 2`` the queries come from a stride-2 map, so a block holds ``block/2 × block/2`` queries
+that still see the full-resolution window (the network's downsampling attention).
+
+The logit of query (y, x) of a block for window key (u, v) is
+
+    scale · q·k + q·R_h[u − y + win − 1] + q·R_w[v − x + win − 1]
+
+with (y, x) the query's position in its own (possibly strided) block grid and R_h, R_w (2·win − 1, dim_qk)
+tables shared by all heads. As in the published models, the halo ring around the image holds zero keys and
+values that take part in the softmax. Maps whose sides are not multiples of ``block`` are padded to the
+next multiple; keys in that block padding (beyond the zero ring) are masked out and the extra queries are
+cropped, so any size works and block-aligned sizes give exactly the unpadded result.
+
+Shapes: q (B, heads, dim_qk, H/s, W/s), k (B, heads, dim_qk, H, W), v (B, heads, dim_v, H, W);
+the output is (B, heads, dim_v, H/s, W/s).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from visionzoo.ops._dispatch import Op
+
+
+def _check_shapes(q, k, v, height_rel, width_rel, block_size, halo_size, query_stride):
+    if q.dim() != 5 or k.dim() != 5 or v.dim() != 5:
+        raise ValueError(
+            "halo_attention expects q, k, v of shape (batch, heads, channels, height, width), got "
+            f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+        )
+    if block_size % query_stride:
+        raise ValueError(f"block_size {block_size} must be a multiple of query_stride {query_stride}")
+    height, width = k.shape[-2:]
+    if height % query_stride or width % query_stride:
+        raise ValueError(f"a {height}x{width} map cannot be queried at stride {query_stride}: make its sides even")
+    if q.shape[-2:] != (height // query_stride, width // query_stride) or v.shape[-2:] != (height, width):
+        raise ValueError(
+            f"q map {tuple(q.shape[-2:])} and v map {tuple(v.shape[-2:])} do not match a key map of "
+            f"{height}x{width} at query stride {query_stride}"
+        )
+    win = block_size + 2 * halo_size
+    expected = (2 * win - 1, q.shape[2])
+    if tuple(height_rel.shape) != expected or tuple(width_rel.shape) != expected:
+        raise ValueError(
+            f"relative-position tables must be {expected} for block {block_size}, halo {halo_size} and "
+            f"dim_qk {q.shape[2]}; got {tuple(height_rel.shape)} and {tuple(width_rel.shape)}"
+        )
+
+
+def _padded_size(size: int, block_size: int) -> int:
+    return -(-size // block_size) * block_size
+
+
+def _key_windows(x: torch.Tensor, block_size: int, halo_size: int) -> torch.Tensor:
+    """(B, heads, C, H, W) → (B, heads, blocks_h, blocks_w, win·win, C) windows of each block plus its halo."""
+    height, width = x.shape[-2:]
+    pad_h = _padded_size(height, block_size) - height
+    pad_w = _padded_size(width, block_size) - width
+    x = F.pad(x, (halo_size, halo_size + pad_w, halo_size, halo_size + pad_h))
+    win = block_size + 2 * halo_size
+    windows = x.unfold(3, win, block_size).unfold(4, win, block_size)  # B, heads, C, nbh, nbw, win, win
+    return windows.permute(0, 1, 3, 4, 5, 6, 2).flatten(4, 5)
+
+
+def _key_valid(height: int, width: int, block_size: int, halo_size: int, device) -> torch.Tensor | None:
+    """(blocks, win·win) bool, False for keys in the block padding; None when the map needs no padding."""
+    if height % block_size == 0 and width % block_size == 0:
+        return None
+    win = block_size + 2 * halo_size
+
+    def valid_1d(size: int) -> torch.Tensor:
+        # Window I covers padded positions I·block … I·block + win − 1; the image and its zero halo ring
+        # span the first size + 2·halo of them, everything after is block padding.
+        starts = torch.arange(0, _padded_size(size, block_size), block_size, device=device)
+        return starts[:, None] + torch.arange(win, device=device)[None, :] < size + 2 * halo_size
+
+    rows, cols = valid_1d(height), valid_1d(width)
+    return (rows[:, None, :, None] & cols[None, :, None, :]).flatten(2).flatten(0, 1)
+
+
+def _query_blocks(q: torch.Tensor, block_size: int, query_stride: int) -> torch.Tensor:
+    """(B, heads, C, H/s, W/s) → (B, heads, blocks_h, blocks_w, bq, bq, C), zero-padded to whole blocks."""
+    bq = block_size // query_stride
+    height, width = q.shape[-2:]
+    pad_h = _padded_size(height, bq) - height
+    pad_w = _padded_size(width, bq) - width
+    if pad_h or pad_w:
+        q = F.pad(q, (0, pad_w, 0, pad_h))
+    batch, heads, channels, height, width = q.shape
+    q = q.reshape(batch, heads, channels, height // bq, bq, width // bq, bq)
+    return q.permute(0, 1, 3, 5, 4, 6, 2)
+
+
+def _merge_blocks(out: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(B, heads, blocks_h, blocks_w, bq, bq, C) → (B, heads, C, height, width), cropping block padding."""
+    batch, heads, nbh, nbw, bq, _, channels = out.shape
+    out = out.permute(0, 1, 6, 2, 4, 3, 5).reshape(batch, heads, channels, nbh * bq, nbw * bq)
+    if nbh * bq != height or nbw * bq != width:
+        out = out[..., :height, :width]
+    return out
+
+
+def halo_attention_reference(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    height_rel: torch.Tensor,
+    width_rel: torch.Tensor,
+    block_size: int,
+    halo_size: int,
+    query_stride: int = 1,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """Halo attention written out term by term (the readable spec; see the module docstring)."""
+    _check_shapes(q, k, v, height_rel, width_rel, block_size, halo_size, query_stride)
+    scale = q.shape[2] ** -0.5 if scale is None else scale
+    out_height, out_width = q.shape[-2:]
+    bq = block_size // query_stride
+    win = block_size + 2 * halo_size
+    queries = _query_blocks(q, block_size, query_stride)  # B, n, nbh, nbw, y, x, d
+    keys = _key_windows(k, block_size, halo_size).unflatten(4, (win, win))  # B, n, nbh, nbw, u, w, d
+    values = _key_windows(v, block_size, halo_size)  # B, n, nbh, nbw, u·w, d
+
+    content = torch.einsum("bnijyxd,bnijuwd->bnijyxuw", queries, keys) * scale
+    # rel_index[y, u] = u − y + win − 1: the table row for key offset u seen from query row y.
+    rel_index = torch.arange(win, device=q.device)[None, :] - torch.arange(bq, device=q.device)[:, None] + win - 1
+    rel_h = torch.einsum("bnijyxd,yud->bnijyxu", queries, height_rel[rel_index])
+    rel_w = torch.einsum("bnijyxd,xwd->bnijyxw", queries, width_rel[rel_index])
+    logits = content + rel_h[..., :, None] + rel_w[..., None, :]
+    logits = logits.flatten(-2).flatten(4, 5)  # B, n, nbh, nbw, y·x, u·w
+
+    valid = _key_valid(*k.shape[-2:], block_size, halo_size, q.device)
+    if valid is not None:
+        valid = valid.unflatten(0, queries.shape[2:4])[:, :, None, :]
+        logits = logits.masked_fill(~valid, float("-inf"))
+    out = logits.softmax(dim=-1) @ values  # B, n, nbh, nbw, y·x, d
+    return _merge_blocks(out.unflatten(4, (bq, bq)), out_height, out_width)
+
+
+halo_attention = Op("halo_attention", halo_attention_reference)
+
+
+def _relative_logits(queries: torch.Tensor, table: torch.Tensor, win: int, axis: int) -> torch.Tensor:
+    """q·table[u − pos + win − 1] for queries (Z, bq, bq, d) → (Z, bq, bq, win); pos: row (axis 1) or column.
+
+    One matmul against the whole table gives every query all 2·win − 1 offsets; the window's ``win`` of them
+    start at column win − 1 − pos, a diagonal band that a strided view reads without copying.
+    """
+    logits = (queries @ table.transpose(0, 1)).contiguous()  # Z, bq, bq, 2·win − 1, a fresh buffer
+    z, bq, offsets = logits.shape[0], logits.shape[1], logits.shape[3]
+    strides = [bq * bq * offsets, bq * offsets, offsets, 1]
+    strides[axis] -= 1  # one column further left per step of pos
+    return logits.as_strided((z, bq, bq, win), strides, win - 1)
+
+
+@halo_attention.register("blocked_bmm")
+def _halo_attention_bmm(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    height_rel: torch.Tensor,
+    width_rel: torch.Tensor,
+    block_size: int,
+    halo_size: int,
+    query_stride: int = 1,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """Every block as one batch row of bmm; the content logits accumulate onto the relative ones in place."""
+    _check_shapes(q, k, v, height_rel, width_rel, block_size, halo_size, query_stride)
+    scale = q.shape[2] ** -0.5 if scale is None else scale
+    out_height, out_width = q.shape[-2:]
+    bq = block_size // query_stride
+    win = block_size + 2 * halo_size
+    queries = _query_blocks(q, block_size, query_stride)
+    batch, heads, nbh, nbw = queries.shape[:4]
+    queries = queries.reshape(-1, bq, bq, q.shape[2])  # Z = B·heads·blocks
+    keys = _key_windows(k, block_size, halo_size).reshape(queries.shape[0], win * win, k.shape[2])
+    values = _key_windows(v, block_size, halo_size).reshape(queries.shape[0], win * win, v.shape[2])
+
+    rel_h = _relative_logits(queries, height_rel, win, axis=1)
+    rel_w = _relative_logits(queries, width_rel, win, axis=2)
+    logits = (rel_h[..., :, None] + rel_w[..., None, :]).reshape(-1, bq * bq, win * win)
+    valid = _key_valid(*k.shape[-2:], block_size, halo_size, q.device)
+    if valid is not None:
+        logits.unflatten(0, (batch * heads, nbh * nbw)).masked_fill_(~valid[None, :, None, :], float("-inf"))
+    # The content term accumulates into the relative-logit buffer: no second logits-sized tensor.
+    logits.baddbmm_(queries.reshape(-1, bq * bq, q.shape[2]), keys.transpose(1, 2), alpha=scale)
+    out = torch.bmm(logits.softmax(dim=-1), values)
+    return _merge_blocks(out.reshape(batch, heads, nbh, nbw, bq, bq, v.shape[2]), out_height, out_width)
