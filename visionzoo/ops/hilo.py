@@ -123,12 +123,16 @@ def _hilo_attention_sdpa(
     outputs = []
     if hifi_heads:
         qkv = F.linear(padded, hifi_qkv_weight, hifi_qkv_bias)
-        # (B, rows, s, cols, s, 3, heads, d) -> (3, B·rows·cols, heads, s², d)
-        qkv = qkv.reshape(batch, rows, window_size, cols, window_size, 3, hifi_heads, head_dim)
-        qkv = qkv.permute(5, 0, 1, 3, 6, 2, 4, 7).reshape(3, -1, hifi_heads, window_size * window_size, head_dim)
-        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], scale=scale)
-        out = out.reshape(batch, rows, cols, hifi_heads, window_size, window_size, head_dim)
-        out = out.permute(0, 1, 4, 2, 5, 3, 6).reshape(batch, rows * window_size, cols * window_size, -1)
+        # Windows are gathered with tensors of rank ≤ 5 (Core ML's limit; XNNPACK's is 6):
+        # (B·rows, s, cols, s·3C) -> (B·rows·cols, s², 3, heads, d) -> (3, B·rows·cols, heads, s², d)
+        window_qkv = qkv.reshape(batch * rows, window_size, cols, -1).transpose(1, 2)
+        window_qkv = window_qkv.reshape(-1, window_size * window_size, 3, hifi_heads, head_dim).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(window_qkv[0], window_qkv[1], window_qkv[2], scale=scale)
+        # An explicit copy, not a reshape that may view: fused SDPA kernels return permuted strides that
+        # torch.export would bake into a view that is invalid after ExecuTorch decomposes SDPA.
+        out = out.transpose(1, 2).clone(memory_format=torch.contiguous_format)
+        out = out.reshape(batch * rows, cols, window_size, -1).transpose(1, 2)
+        out = out.reshape(batch, rows * window_size, cols * window_size, -1)
         outputs.append(out[:, :height, :width])
     if lofi_heads:
         q = F.linear(x, lofi_q_weight, lofi_q_bias).reshape(batch, -1, lofi_heads, head_dim).transpose(1, 2)
@@ -136,5 +140,6 @@ def _hilo_attention_sdpa(
         kv = F.linear(pooled.flatten(2).transpose(1, 2), lofi_kv_weight, lofi_kv_bias)
         k, v = kv.reshape(batch, -1, 2, lofi_heads, head_dim).permute(2, 0, 3, 1, 4)
         out = F.scaled_dot_product_attention(q, k, v, scale=scale)
-        outputs.append(out.transpose(1, 2).reshape(batch, height, width, -1))
+        out = out.transpose(1, 2).clone(memory_format=torch.contiguous_format)
+        outputs.append(out.reshape(batch, height, width, -1))
     return torch.cat(outputs, dim=-1)

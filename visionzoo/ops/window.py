@@ -96,9 +96,26 @@ def _window_attention_sdpa(x, qkv_weight, qkv_bias, window_size, num_heads, scal
     wh, ww = window_size
     rows, cols = height // wh, width // ww
     head_dim = qkv_weight.shape[0] // (3 * num_heads)
-    windows = x.reshape(batch, rows, wh, cols, ww, channels).permute(0, 1, 3, 2, 4, 5).reshape(-1, wh * ww, channels)
+    if torch.compiler.is_exporting():  # rank ≤ 5 for Core ML, see _merge_windows_low_rank
+        windows = x.reshape(batch * rows, wh, cols, ww * channels).transpose(1, 2).reshape(-1, wh * ww, channels)
+    else:
+        windows = x.reshape(batch, rows, wh, cols, ww, channels).permute(0, 1, 3, 2, 4, 5).reshape(-1, wh * ww, channels)
     qkv = F.linear(windows, qkv_weight, qkv_bias).view(-1, wh * ww, 3, num_heads, head_dim)
     q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
     out = F.scaled_dot_product_attention(q, k, v, scale=scale)
+    if torch.compiler.is_exporting():
+        return _merge_windows_low_rank(out, batch, rows, cols, wh, ww)
     out = out.view(batch, rows, cols, num_heads, wh, ww, head_dim).permute(0, 1, 4, 2, 5, 3, 6)
     return out.reshape(batch, height, width, num_heads * head_dim)
+
+
+def _merge_windows_low_rank(out: torch.Tensor, batch: int, rows: int, cols: int, wh: int, ww: int) -> torch.Tensor:
+    """(B·rows·cols, heads, wh·ww, d) → (B, H, W, heads·d) through tensors of rank ≤ 5, for export.
+
+    The same result as the 7-D view above, in two copies instead of one: Core ML takes rank ≤ 5 and XNNPACK
+    rank ≤ 6, and the explicit copy keeps torch.export from baking in a view that is valid only for the
+    fused kernel's output strides (ExecuTorch decomposes SDPA into contiguous math ops).
+    """
+    out = out.transpose(1, 2).clone(memory_format=torch.contiguous_format)
+    out = out.reshape(batch * rows, cols, wh, -1).transpose(1, 2)
+    return out.reshape(batch, rows * wh, cols * ww, -1)

@@ -1,0 +1,160 @@
+"""Export one zoo model to one format, then check it against PyTorch in the format's own runtime.
+
+Parity is the max relative error ``max|out − ref| / max|ref|`` between the runtime's output and eager
+PyTorch's on the same input, measured on seeded random input and on three real photographs
+(:mod:`visionzoo.export.inputs`); an export passes when every comparison is below ``tolerance``.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+from visionzoo.export._files import ExportError, atomic_output, check_writable
+from visionzoo.export.formats import FORMATS, Format, dynamic_shapes, first_line, median_latency_ms, use_portable_layers
+from visionzoo.export.inputs import photo_batch, random_input, max_relative_error
+from visionzoo.layers.fuse import fuse_model
+from visionzoo.models._checkpoint import load_checkpoint
+from visionzoo.models._factory import check_model_name
+
+DEFAULT_TOLERANCE = 1e-4
+MACOS_ONLY = "Core ML prediction needs macOS: not run here; conversion and the saved spec (input/output names, shapes) checked"
+
+# Operator names as exporters print them: aten::unfold, aten.index_put_.default, torchvision::deform_conv2d,
+# coremltools' "convert function for op 'xyz' not implemented", onnxruntime's "running Concat node. Name:'x'".
+_OP_PATTERNS = (
+    re.compile(r"\b((?:aten|torchvision|prims|quantized|_c10d_functional)(?:::|\.)[A-Za-z0-9_]+(?:\.[A-Za-z0-9_]+)?)"),
+    re.compile(r"\bop '([A-Za-z0-9_.:]+)'"),
+    re.compile(r"\bop(?:erator)? ([A-Za-z0-9_]+::[A-Za-z0-9_.]+)"),
+    re.compile(r"running (\w+ node\. Name:'[^']+')"),  # onnxruntime
+)
+
+
+def get_format(name: str) -> Format:
+    try:
+        return FORMATS[name]
+    except KeyError:
+        raise ExportError(f"unknown export format {name!r}; choose one of: {', '.join(FORMATS)}") from None
+
+
+def failing_op(error: BaseException) -> str | None:
+    """The operator an exporter blames in its message, if it names one."""
+    text = "\n".join(str(e) for e in (error, error.__cause__, error.__context__) if e is not None)
+    for pattern in _OP_PATTERNS:
+        match = pattern.search(text)
+        if match:
+            return match.group(1)
+    return None
+
+
+def default_output(name: str, fmt: Format, deploy: bool, folder: str | Path = "exports") -> Path:
+    return Path(folder) / f"{name}{'_deploy' if deploy else ''}{fmt.suffix}"
+
+
+def build_model(name: str, checkpoint: str | Path | None = None, deploy: bool = False) -> nn.Module:
+    """The eval-mode model to export: ``checkpoint`` loaded through the family's filter, BN folded if ``deploy``."""
+    check_model_name(name)
+    model = timm.create_model(name)
+    if checkpoint is not None:
+        family = __import__(type(model).__module__, fromlist=["checkpoint_filter_fn"])
+        load_checkpoint(model, checkpoint, filter_fn=getattr(family, "checkpoint_filter_fn", None))
+    model.eval()
+    return fuse_model(model, inplace=True) if deploy else model
+
+
+def _input_size(model: nn.Module, img_size: int | tuple[int, int] | None) -> tuple[int, int]:
+    if img_size is None:
+        return tuple(model.pretrained_cfg["input_size"][1:])
+    if isinstance(img_size, int):
+        return img_size, img_size
+    return tuple(img_size)
+
+
+def _parity_inputs(model, height, width, dynamic_batch, dynamic_size) -> dict[str, torch.Tensor]:
+    """Named inputs: random at the traced shape, a second batch / size when dynamic, and the photographs."""
+    cfg = model.pretrained_cfg
+    inputs = {f"random b{2 if dynamic_batch else 1} {height}x{width}": random_input(2 if dynamic_batch else 1, height, width)}
+    if dynamic_batch:
+        inputs[f"random b3 {height}x{width}"] = random_input(3, height, width, seed=1)
+    if dynamic_size:
+        inputs[f"random b1 {height + 32}x{width + 32}"] = random_input(1, height + 32, width + 32, seed=2)
+    photos = photo_batch(height, width, cfg["mean"], cfg["std"])
+    if dynamic_batch:
+        inputs[f"photos b3 {height}x{width}"] = photos
+    else:
+        for index, photo in enumerate(photos):
+            inputs[f"photo {index + 1} {height}x{width}"] = photo[None]
+    return inputs
+
+
+def export_model(
+    name: str,
+    format: str,
+    out: str | Path | None = None,
+    img_size: int | tuple[int, int] | None = None,
+    dynamic_batch: bool = False,
+    dynamic_size: bool = False,
+    deploy: bool = False,
+    checkpoint: str | Path | None = None,
+    tolerance: float = DEFAULT_TOLERANCE,
+    latency_repeats: int = 0,
+) -> dict:
+    """Export ``name`` to ``format`` at ``out`` and check parity; returns a result record (never hides a failure).
+
+    Bad requests (unknown model or format, unwritable ``out``, a checkpoint that does not fit) raise before
+    anything is written. Failures of the exporter or runtime are caught and returned with
+    ``status='failed'``, the first line of the exception and the operator it names; parity above
+    ``tolerance`` gives ``status='mismatch'``.
+    """
+    fmt = get_format(format)
+    model = build_model(name, checkpoint, deploy)
+    out = Path(out) if out is not None else default_output(name, fmt, deploy)
+    if out.suffix != fmt.suffix:
+        raise ExportError(f"--out {out} does not end in {fmt.suffix}, the {fmt.name} extension")
+    check_writable(out)
+    height, width = _input_size(model, img_size)
+    result = {
+        "model": name, "format": fmt.name, "status": "failed", "deploy": deploy,
+        "input_size": [height, width], "dynamic_batch": dynamic_batch, "dynamic_size": dynamic_size,
+        "runtime": fmt.runtime, "tolerance": tolerance, "file": str(out),
+    }
+    inputs = _parity_inputs(model, height, width, dynamic_batch, dynamic_size)
+    with torch.no_grad():
+        references = {label: model(x) for label, x in inputs.items()}
+    example = next(iter(inputs.values()))
+    stage = "export"
+    try:
+        if fmt.needs_portable_layers:
+            use_portable_layers(model)
+        with torch.no_grad(), atomic_output(out) as temp:
+            result.update(fmt.export(model, example, temp, dynamic_shapes(dynamic_batch, dynamic_size, height, width)))
+            stage = "check"
+            result.update(fmt.check(temp, example, tuple(references[next(iter(references))].shape)))
+        result["file_bytes"] = _size(out)
+        stage = "run"
+        run = fmt.runner(out)
+        if run is None:
+            result.update(status="converted", note=MACOS_ONLY)
+            return result
+        errors = {label: max_relative_error(run(x), references[label]) for label, x in inputs.items()}
+        result["max_rel_error"] = errors
+        result["max_rel_error_random"] = max(v for k, v in errors.items() if k.startswith("random"))
+        result["max_rel_error_photos"] = max(v for k, v in errors.items() if k.startswith("photo"))
+        result["status"] = "ok" if max(errors.values()) < tolerance else "mismatch"
+        if latency_repeats:
+            stage = "latency"
+            result["latency_ms_b1_median"] = median_latency_ms(run, random_input(1, height, width), latency_repeats)
+    except Exception as error:  # an exporter or runtime failure is a result to report, not a crash
+        result.update(status="failed", stage=stage, error=first_line(error), failing_op=failing_op(error))
+    finally:
+        use_portable_layers(model, enable=False)
+    return result
+
+
+def _size(path: Path) -> int:
+    if path.is_dir():
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    return path.stat().st_size
