@@ -143,12 +143,14 @@ def build_parser() -> argparse.ArgumentParser:
     from visionzoo.bench.cli import add_bench_parser, run_bench
     from visionzoo.data.digits import add_data_parser, run_data
     from visionzoo.engine.evaluate import add_eval_parser, run_eval
+    from visionzoo.export.cli import add_export_parser
     from visionzoo.engine.train import add_train_parser, run_train
 
     add_train_parser(subparsers).set_defaults(func=run_train)
     add_eval_parser(subparsers).set_defaults(func=run_eval)
     add_data_parser(subparsers).set_defaults(func=run_data)
     add_bench_parser(subparsers).set_defaults(func=run_bench)
+    add_export_parser(subparsers)
     return parser
 
 
