@@ -25,11 +25,23 @@ from visionzoo.models._checkpoint import CheckpointError
 from visionzoo.ops.window import window_attention
 
 SMALLEST = sorted(smallest_per_family())
+# Families whose runtime parity runs in the default test run; the others' exports take minutes each on two
+# cores and run under the slow mark (and in the export matrix).
+DEFAULT_RUN_EXPORTS = {"vz_shvit_s1", "vz_litv2_small"}
+PARITY_PARAMS = [
+    pytest.param(name, id=name, marks=() if name in DEFAULT_RUN_EXPORTS else pytest.mark.slow) for name in SMALLEST
+]
 CHEAPEST = "vz_shvit_s1" if "vz_shvit_s1" in SMALLEST else SMALLEST[0]
 
 
+# ConViT resamples its position embedding with antialiased bicubic interpolation away from its native 14x14
+# grid, an op outside ExecuTorch's core ATen set: its exports are tested at the native size, and the matrix
+# records the failure at other sizes.
+NATIVE_SIZE_ONLY = {"vz_convit_tiny": 224}
+
+
 def _size(name: str) -> int:
-    return input_sizes(name)[0][0]
+    return NATIVE_SIZE_ONLY.get(name, input_sizes(name)[0][0])
 
 
 def _assert_parity(record: dict) -> None:
@@ -40,7 +52,7 @@ def _assert_parity(record: dict) -> None:
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "executorch"])
-@pytest.mark.parametrize("name", SMALLEST)
+@pytest.mark.parametrize("name", PARITY_PARAMS)
 def test_export_parity_in_runtime(name, fmt, tmp_path):
     pytest.importorskip("onnxruntime" if fmt == "onnx" else "executorch")
     suffix = {"onnx": ".onnx", "executorch": ".pte"}[fmt]
