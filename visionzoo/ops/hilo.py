@@ -21,11 +21,7 @@ import torch.nn.functional as F
 
 from visionzoo.ops._dispatch import Op
 from visionzoo.ops.attention import sdpa_reference
-
-
-def _pad_to_window_multiple(x: torch.Tensor, window_size: int) -> torch.Tensor:
-    height, width = x.shape[1], x.shape[2]
-    return F.pad(x, (0, 0, 0, (-width) % window_size, 0, (-height) % window_size))
+from visionzoo.ops.window import pad_to_windows
 
 
 def _head_dim_and_scale(
@@ -72,7 +68,7 @@ def hilo_attention_reference(
         x, window_size, hifi_heads, lofi_heads, hifi_qkv_weight, lofi_q_weight, lofi_kv_weight, scale
     )
     batch, height, width, channels = x.shape
-    padded = _pad_to_window_multiple(x, window_size)
+    padded = pad_to_windows(x, (window_size, window_size))
     padded_height, padded_width = padded.shape[1], padded.shape[2]
     tokens = padded.reshape(batch, padded_height * padded_width, channels)
     outputs = []
@@ -118,7 +114,7 @@ def _hilo_attention_sdpa(
         x, window_size, hifi_heads, lofi_heads, hifi_qkv_weight, lofi_q_weight, lofi_kv_weight, scale
     )
     batch, height, width, channels = x.shape
-    padded = _pad_to_window_multiple(x, window_size)
+    padded = pad_to_windows(x, (window_size, window_size))
     rows, cols = padded.shape[1] // window_size, padded.shape[2] // window_size
     outputs = []
     if hifi_heads:
