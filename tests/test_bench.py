@@ -369,8 +369,10 @@ def test_cli_end_to_end_writes_results(tmp_path, capsys):
     ([ZOO_NAME, "--dtype", "fp16"], "fp16 is a GPU precision"),
     ([ZOO_NAME, "--device", "tpu"], "--device must be cpu or cuda"),
     ([ZOO_NAME, "--dtype", "fp8"], "--dtype must be fp32, bf16 or fp16"),
-    ([ZOO_NAME, "--runtime", "onnxruntime"], "visionzoo.export"),
-    ([ZOO_NAME, "--runtime", "tvm"], "not available; available: torch"),
+    ([ZOO_NAME, "--runtime", "onnxruntime", "--dtype", "bf16"], "--dtype bf16 applies to --runtime torch"),
+    ([ZOO_NAME, "--runtime", "executorch", "--compile"], "--compile applies to --runtime torch"),
+    ([ZOO_NAME, "--runtime", "onnxruntime", "--channels-last"], "--channels-last applies to --runtime torch"),
+    ([ZOO_NAME, "--runtime", "tvm"], "not available; available: executorch, onnxruntime, torch"),
     ([ZOO_NAME, "--vs", "resnet5O"], "Did you mean: resnet50"),
     ([ZOO_NAME, "--batch-size", "0"], "--batch-size must be at least 1"),
     ([ZOO_NAME, "--threads", "0"], "--threads must be at least 1"),
@@ -398,3 +400,47 @@ def test_committed_results_file_renders():
         doc = report.load_results(path)
         assert doc["results"] and all(record.get("model") for record in doc["results"])
         assert report.format_markdown(doc).startswith("| model |")
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "executorch"])
+def test_exported_runtime_checks_each_program_then_times_it(runtime, tiny_card):
+    pytest.importorskip(runtime)
+    settings = BenchSettings(batch_size=2, runtime=runtime, train=False, schedule=Schedule(warmup=1, iters=2))
+    doc = run_suite([ZOO_NAME], settings, vs="timm", timer=ScriptedTimer(seconds=0.25), matmul_size=16,
+                    progress=False)
+    report.validate_results(json.loads(json.dumps(doc)))
+    (record,) = doc["results"]
+    assert record["error"] is None and record["train"] is None
+    assert record["infer"]["img_per_s"] == pytest.approx(2 / 0.25)
+    programs = record["runtime"]["programs"]
+    assert [program["input_shape"] for program in programs] == [[2, 3, 16, 16], [1, 3, 16, 16]]
+    assert all(program["max_rel_error"] < 1e-4 and program["file_bytes"] > 0 for program in programs)
+    assert record["runtime"]["threads"] == torch.get_num_threads()
+    assert record["vs"]["status"] == "ok" and record["vs"]["speed_ratio"] == pytest.approx(1.0)
+    assert any(line.startswith(f"Runtime: {runtime}") for line in report.header_lines(doc))
+
+
+def test_exported_runtime_refuses_to_time_a_program_that_disagrees(tiny_card, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    from visionzoo.export.formats import OnnxFormat
+
+    monkeypatch.setattr(OnnxFormat, "runner", lambda self, path, threads=None: lambda x: torch.zeros(x.shape[0], 5))
+    settings = BenchSettings(batch_size=2, runtime="onnxruntime", train=False, schedule=Schedule(warmup=0, iters=1))
+    (record,) = run_suite([ZOO_NAME], settings, timer=ScriptedTimer(), matmul_size=16, progress=False)["results"]
+    assert "differs from the PyTorch model by max relative error 1" in record["error"]
+    assert "infer" not in record
+
+
+def test_exported_runtime_names_the_shapes_it_was_prepared_for():
+    pytest.importorskip("onnxruntime")
+    from visionzoo.bench.runtimes import get_runtime
+
+    infer = get_runtime("onnxruntime")(TinyAttentionNet(), BenchSettings(train=False), [(1, 3, 16, 16)])
+    assert infer(torch.randn(1, 3, 16, 16)).shape == (1, 5)
+    with pytest.raises(ValueError, match=r"no exported program for input shape \[2, 3, 16, 16\]"):
+        infer(torch.randn(2, 3, 16, 16))
+
+
+def test_exported_runtime_measures_inference_only():
+    with pytest.raises(BenchArgumentError, match="pass --no-train"):
+        BenchSettings(runtime="onnxruntime", train=True).validate()

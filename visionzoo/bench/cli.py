@@ -12,7 +12,7 @@ from pathlib import Path
 
 from visionzoo.bench.report import ResultsFormatError, format_console, render_readme, write_outputs
 from visionzoo.bench.runner import DEFAULT_BATCH_SIZE, BenchArgumentError, BenchSettings
-from visionzoo.bench.runtimes import PLANNED_RUNTIMES, available_runtimes
+from visionzoo.bench.runtimes import available_runtimes
 from visionzoo.bench.suite import run_suite
 from visionzoo.bench.timing import Schedule
 from visionzoo.bench.vs import check_baseline_name
@@ -87,8 +87,9 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
                         help="time each model alternately against timm's implementation of the same architecture "
                              "(weights copied, outputs checked) or against the registered model NAME")
     parser.add_argument("--runtime", default="torch",
-                        help=f"inference runtime: {', '.join([*available_runtimes(), *PLANNED_RUNTIMES])} "
-                             f"(available in this version: {', '.join(available_runtimes())})")
+                        help=f"inference runtime: {', '.join(available_runtimes())} (default: torch). onnxruntime and "
+                             "executorch export the model at each timed shape, check it against PyTorch, then time "
+                             "the program on the CPU in fp32; they measure inference only (as if --no-train)")
     parser.add_argument("--matmul-size", type=int, help="size of the square matmul that measures the peak")
     parser.add_argument("--output-dir", type=Path, default=DEFAULT_OUTPUT_DIR,
                         help=f"where bench.json/.csv/.md/.png go (default: {DEFAULT_OUTPUT_DIR})")
@@ -116,7 +117,8 @@ def _settings(args: argparse.Namespace) -> BenchSettings:
         "batch_size", DEFAULT_BATCH_SIZE.get(device_type, 32))
     return BenchSettings(device=args.device, batch_size=batch_size, img_size=args.img_size, dtype=args.dtype,
                          channels_last=args.channels_last, compile=args.compile, deploy=args.deploy,
-                         runtime=args.runtime, schedule=schedule, train=not args.no_train)
+                         runtime=args.runtime, schedule=schedule,
+                         train=not args.no_train and args.runtime == "torch")
 
 
 def _invocation(argv: list[str] | None) -> str:

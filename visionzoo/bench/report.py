@@ -136,7 +136,19 @@ def header_lines(doc: dict) -> list[str]:
         f"MACs: {doc['notes']['macs']}",
         *(["vs: our img/s ÷ the other implementation's at the same batch, timed alternately (> 1: ours is faster); "
            "timm pairs share weights and their outputs are checked first."] if compared else []),
+        *_exported_runtime_lines(doc),
     ]
+
+
+def _exported_runtime_lines(doc: dict) -> list[str]:
+    programs = [program for record in doc["results"] for program in (_get(record, "runtime", "programs") or [])]
+    if not programs:
+        return []
+    runtime = next(record["runtime"] for record in doc["results"] if _get(record, "runtime", "programs"))
+    worst = max(program["max_rel_error"] for program in programs)
+    return [f"Runtime: {runtime['name']} ({runtime.get('version') or 'version unknown'}) on {runtime['threads']} "
+            f"threads, timing {runtime['format']} exports (one static shape each); every program was checked against "
+            f"PyTorch first: max relative error {worst:.1e} over {len(programs)} programs."]
 
 
 def table_rows(doc: dict) -> list[list[str]]:

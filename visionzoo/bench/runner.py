@@ -12,7 +12,7 @@ from torch import nn
 
 from visionzoo.bench.flops import count_macs, count_params, count_train_macs, surrogate_loss
 from visionzoo.bench.memory import peak_memory_mb
-from visionzoo.bench.runtimes import PLANNED_RUNTIMES, autocast_for, available_runtimes, get_runtime
+from visionzoo.bench.runtimes import EXPORT_FORMAT, autocast_for, available_runtimes, get_runtime, missing_package
 from visionzoo.bench.timing import Schedule, Timer, measure, summarize
 from visionzoo.layers.fuse import fuse_model
 from visionzoo.models._cards import CARDS_DIR, variant_card
@@ -59,9 +59,26 @@ class BenchSettings:
         if self.compile and schedule.warmup < 1:
             raise BenchArgumentError("--compile needs --warmup of at least 1 (the first call compiles)")
         if self.runtime not in available_runtimes():
-            hint = f": it {PLANNED_RUNTIMES[self.runtime]}" if self.runtime in PLANNED_RUNTIMES else ""
-            raise BenchArgumentError(f"--runtime {self.runtime!r} is not available{hint}; "
+            raise BenchArgumentError(f"--runtime {self.runtime!r} is not available; "
                                      f"available: {', '.join(available_runtimes())}")
+        if self.runtime in EXPORT_FORMAT:
+            self._validate_exported_runtime(device_type)
+
+    def _validate_exported_runtime(self, device_type: str) -> None:
+        runtime = f"--runtime {self.runtime}"
+        package = missing_package(self.runtime)
+        if package:
+            raise BenchArgumentError(f"{runtime} needs the {package} package: pip install 'visionzoo[export]'")
+        if device_type != "cpu":
+            raise BenchArgumentError(f"{runtime} runs exported programs on the CPU; use --device cpu")
+        if self.dtype != "fp32":
+            raise BenchArgumentError(f"{runtime} times fp32 exports; --dtype {self.dtype} applies to --runtime torch")
+        for flag, value in (("--compile", self.compile), ("--channels-last", self.channels_last)):
+            if value:
+                raise BenchArgumentError(f"{flag} applies to --runtime torch; {runtime} times the exported program")
+        if self.train:
+            raise BenchArgumentError(f"{runtime} times inference only; the training step is a --runtime torch "
+                                     "measurement (pass --no-train)")
 
     def as_dict(self) -> dict:
         return {
@@ -147,7 +164,9 @@ def benchmark_model(name: str, settings: BenchSettings, timer: Timer, peak_gflop
     on_phase("count")
     macs = count_macs(inference_model, input_size)
     train_macs = count_train_macs(model, input_size) if settings.train else None
-    infer = get_runtime(settings.runtime)(inference_model, settings)
+    batch_shape, single_shape = (settings.batch_size, *input_size), (1, *input_size)
+    on_phase("runtime")
+    infer = get_runtime(settings.runtime)(inference_model, settings, [batch_shape, single_shape])
 
     on_phase("memory")
     batch = make_images(settings.batch_size, input_size, settings)
@@ -185,6 +204,7 @@ def benchmark_model(name: str, settings: BenchSettings, timer: Timer, peak_gflop
             "infer": _efficiency(macs, infer_result["img_per_s"], peak_gflops),
             "train": _efficiency(train_macs, train_result["img_per_s"] if train_result else None, peak_gflops),
         },
+        "runtime": getattr(infer, "details", {"name": settings.runtime}),
         "vs": None,
         "error": None,
     }

@@ -1,17 +1,24 @@
 """Inference runtimes the benchmark can time a model in, behind one interface.
 
-A runtime turns an eval-mode ``nn.Module`` and the run's settings into ``infer(images) -> output``. ``torch`` is
-built in: eager or ``torch.compile``, autocast for bf16/fp16, optional channels_last, under ``inference_mode``.
-Runtimes that run exported programs (onnxruntime, ExecuTorch) register here with :func:`register_runtime` once
-``visionzoo.export`` can produce those programs.
+A runtime turns an eval-mode ``nn.Module``, the run's settings and the input shapes it will be called with into
+``infer(images) -> output``. ``torch`` runs the module itself: eager or ``torch.compile``, autocast for bf16/fp16,
+optional channels_last, under ``inference_mode``. ``onnxruntime`` and ``executorch`` time the programs
+:mod:`visionzoo.export` writes: one static-shape program per requested shape, each checked against the module's
+own output before it is timed, so a figure is never taken from a program that computes something else.
 """
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Protocol
+import importlib.metadata
+import importlib.util
+import tempfile
+from pathlib import Path
+from typing import Callable, Protocol, Sequence
 
 import torch
 from torch import nn
+
+Shape = tuple[int, ...]
 
 
 class InferenceSettings(Protocol):
@@ -22,14 +29,17 @@ class InferenceSettings(Protocol):
 
 
 Infer = Callable[[torch.Tensor], object]
-Runtime = Callable[[nn.Module, InferenceSettings], Infer]
+Runtime = Callable[[nn.Module, InferenceSettings, Sequence[Shape]], Infer]
 
 _RUNTIMES: dict[str, Runtime] = {}
-# Runtimes named on the command line before the package that provides them exists: each says what it needs.
-PLANNED_RUNTIMES = {
-    "onnxruntime": "needs ONNX export (visionzoo.export) and the onnxruntime package",
-    "executorch": "needs ExecuTorch export (visionzoo.export) and the executorch package",
-}
+# Exported-program runtimes: the export format each runs, and the package it needs.
+EXPORT_FORMAT = {"onnxruntime": "onnx", "executorch": "executorch"}
+RUNTIME_PACKAGE = {"onnxruntime": "onnxruntime", "executorch": "executorch"}
+PARITY_TOLERANCE = 1e-4
+
+
+class RuntimeParityError(RuntimeError):
+    """An exported program's output differs from the PyTorch module it was exported from."""
 
 
 def register_runtime(name: str) -> Callable[[Runtime], Runtime]:
@@ -46,13 +56,19 @@ def available_runtimes() -> list[str]:
     return sorted(_RUNTIMES)
 
 
+def missing_package(name: str) -> str | None:
+    """The package runtime ``name`` needs but cannot import here, or None."""
+    package = RUNTIME_PACKAGE.get(name)
+    return package if package and importlib.util.find_spec(package) is None else None
+
+
 def get_runtime(name: str) -> Runtime:
-    if name in _RUNTIMES:
-        return _RUNTIMES[name]
-    if name in PLANNED_RUNTIMES:
-        raise ValueError(f"runtime {name!r} is not available in this version: it {PLANNED_RUNTIMES[name]}. "
-                         f"Available: {', '.join(available_runtimes())}")
-    raise ValueError(f"unknown runtime {name!r}; available: {', '.join(available_runtimes())}")
+    if name not in _RUNTIMES:
+        raise ValueError(f"unknown runtime {name!r}; available: {', '.join(available_runtimes())}")
+    package = missing_package(name)
+    if package:
+        raise ValueError(f"runtime {name!r} needs the {package} package: pip install 'visionzoo[export]'")
+    return _RUNTIMES[name]
 
 
 def autocast_for(device: str, dtype: str) -> contextlib.AbstractContextManager:
@@ -64,7 +80,7 @@ def autocast_for(device: str, dtype: str) -> contextlib.AbstractContextManager:
 
 
 @register_runtime("torch")
-def torch_runtime(model: nn.Module, settings: InferenceSettings) -> Infer:
+def torch_runtime(model: nn.Module, settings: InferenceSettings, shapes: Sequence[Shape] = ()) -> Infer:
     model = model.eval().to(torch.device(settings.device))
     if settings.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -75,3 +91,64 @@ def torch_runtime(model: nn.Module, settings: InferenceSettings) -> Infer:
             return runnable(images)
 
     return infer
+
+
+class ExportedPrograms:
+    """One exported program per input shape, written to a private temporary folder and run in its runtime.
+
+    ``details`` records, per shape, the program's file size and its max relative error against the module
+    (``max|runtime − torch| / max|torch|`` on seeded random input), and the runtime's thread count.
+    """
+
+    def __init__(self, runtime: str, model: nn.Module, shapes: Sequence[Shape], threads: int):
+        from visionzoo.export.formats import FORMATS, use_portable_layers
+        from visionzoo.export.inputs import max_relative_error
+
+        fmt = FORMATS[EXPORT_FORMAT[runtime]]
+        self._folder = tempfile.TemporaryDirectory(prefix=f"visionzoo-bench-{runtime}-")
+        self._programs: dict[Shape, Callable[[torch.Tensor], object]] = {}
+        self.details: dict = {"name": runtime, "version": importlib.metadata.version(RUNTIME_PACKAGE[runtime]),
+                              "format": fmt.name, "threads": threads, "programs": []}
+        model = model.eval()
+        if fmt.needs_portable_layers:
+            use_portable_layers(model)
+        try:
+            for shape in dict.fromkeys(tuple(s) for s in shapes):
+                example = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+                path = Path(self._folder.name) / f"b{shape[0]}_{'x'.join(map(str, shape[2:]))}{fmt.suffix}"
+                with torch.no_grad():
+                    reference = model(example)
+                    fmt.export(model, example, path, None)
+                run = fmt.runner(path, threads=threads)
+                error = max_relative_error(run(example), reference)
+                if not error < PARITY_TOLERANCE:
+                    raise RuntimeParityError(
+                        f"the {fmt.name} program for input {list(shape)} differs from the PyTorch model by max "
+                        f"relative error {error:.3g} (tolerance {PARITY_TOLERANCE:g}) in {runtime}; its timings would "
+                        f"not describe this model. Check it with `visionzoo export NAME --format {fmt.name}`")
+                self._programs[shape] = run
+                self.details["programs"].append(
+                    {"input_shape": list(shape), "file_bytes": path.stat().st_size, "max_rel_error": error})
+        finally:
+            use_portable_layers(model, enable=False)
+
+    def __call__(self, images: torch.Tensor) -> object:
+        run = self._programs.get(tuple(images.shape))
+        if run is None:
+            raise ValueError(f"no exported program for input shape {list(images.shape)}; this runtime was prepared "
+                             f"for {[list(shape) for shape in self._programs]}")
+        return run(images)
+
+
+def _exported_runtime(name: str) -> Runtime:
+    def runtime(model: nn.Module, settings: InferenceSettings, shapes: Sequence[Shape] = ()) -> Infer:
+        if not shapes:
+            raise ValueError(f"the {name} runtime exports one program per input shape: pass the shapes to prepare")
+        return ExportedPrograms(name, model, shapes, threads=torch.get_num_threads())
+
+    runtime.__name__ = f"{name}_runtime"
+    return runtime
+
+
+for _name in EXPORT_FORMAT:
+    register_runtime(_name)(_exported_runtime(_name))

@@ -18,7 +18,7 @@ from visionzoo.bench.timing import Schedule, Timer, timer_for
 from visionzoo.bench.vs import TIMM, pair_with_timm, time_side_by_side
 
 SCHEMA = "visionzoo.bench/1"
-PHASES = ("build", "count", "memory", "throughput", "latency", "train", "vs")
+PHASES = ("build", "count", "runtime", "memory", "throughput", "latency", "train", "vs")
 
 
 def _time_against(zoo_model: nn.Module, settings: BenchSettings, timer: Timer, vs: str, pair: dict | None,

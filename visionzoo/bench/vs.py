@@ -111,8 +111,8 @@ def time_side_by_side(zoo_model: nn.Module, other_model: nn.Module, settings: Be
                       zoo_input_size: tuple[int, int, int], other_input_size: tuple[int, int, int]) -> dict:
     """Throughput of both in the same runtime and settings at the run's batch size, timed A B A B ..."""
     runtime = get_runtime(settings.runtime)
-    infer_zoo = runtime(deploy_form(zoo_model, settings), settings)
-    infer_other = runtime(deploy_form(other_model, settings), settings)
+    infer_zoo = runtime(deploy_form(zoo_model, settings), settings, [(settings.batch_size, *zoo_input_size)])
+    infer_other = runtime(deploy_form(other_model, settings), settings, [(settings.batch_size, *other_input_size)])
     zoo_batch = make_images(settings.batch_size, zoo_input_size, settings)
     other_batch = make_images(settings.batch_size, other_input_size, settings)
     zoo_times, other_times = measure_alternating(lambda: infer_zoo(zoo_batch), lambda: infer_other(other_batch),

@@ -75,8 +75,9 @@ class Format(abc.ABC):
         """Format-level validation of a written file; raises on a broken file."""
         return {}
 
-    def runner(self, path: Path) -> Callable[[torch.Tensor], np.ndarray] | None:
-        """A callable running the export on this machine, or None where the runtime cannot run here."""
+    def runner(self, path: Path, threads: int | None = None) -> Callable[[torch.Tensor], np.ndarray] | None:
+        """A callable running the export on this machine (on ``threads`` intra-op threads, else the runtime's
+        default), or None where the runtime cannot run here."""
         return None
 
 
@@ -110,11 +111,13 @@ class OnnxFormat(Format):
         onnx.checker.check_model(str(path), full_check=True)
         return {}
 
-    def runner(self, path):
+    def runner(self, path, threads=None):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.log_severity_level = 3
+        if threads is not None:
+            options.intra_op_num_threads = threads
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         return lambda x: session.run(None, {INPUT_NAME: x.numpy()})[0]
 
@@ -129,9 +132,13 @@ class ExecuTorchFormat(Format):
         path.write_bytes(lowered.buffer)
         return {"exporter": "torch.export + XNNPACK"}
 
-    def runner(self, path):
+    def runner(self, path, threads=None):
+        from executorch.extension.pybindings import portable_lib
         from executorch.runtime import Runtime
 
+        # XNNPACK runs on ExecuTorch's process-wide thread pool; it is resized only when nothing is running.
+        if threads is not None and portable_lib._threadpool_get_thread_count() != threads:
+            portable_lib._unsafe_reset_threadpool(threads)
         method = Runtime.get().load_program(str(path)).load_method("forward")
         return lambda x: method.execute([x.contiguous()])[0].numpy()
 
@@ -174,7 +181,7 @@ class CoreMLFormat(Format):
             raise ValueError(f"Core ML output shape {output_shape_spec} differs from PyTorch's {tuple(output_shape)}")
         return {"coreml_input": [INPUT_NAME, list(input_shape)], "coreml_output": [outputs[0].name, list(output_shape_spec)]}
 
-    def runner(self, path):
+    def runner(self, path, threads=None):
         if platform.system() != "Darwin":
             return None
         import coremltools as ct
