@@ -54,10 +54,12 @@ def default_output(name: str, fmt: Format, deploy: bool, folder: str | Path = "e
     return Path(folder) / f"{name}{'_deploy' if deploy else ''}{fmt.suffix}"
 
 
-def build_model(name: str, checkpoint: str | Path | None = None, deploy: bool = False) -> nn.Module:
-    """The eval-mode model to export: ``checkpoint`` loaded through the family's filter, BN folded if ``deploy``."""
+def build_model(name: str, checkpoint: str | Path | None = None, deploy: bool = False,
+                model_kwargs: dict | None = None) -> nn.Module:
+    """The eval-mode model to export: built with ``model_kwargs`` (e.g. other ``depths``), ``checkpoint`` loaded
+    through the family's filter, BN folded if ``deploy``."""
     check_model_name(name)
-    model = timm.create_model(name)
+    model = timm.create_model(name, **(model_kwargs or {}))
     if checkpoint is not None:
         family = __import__(type(model).__module__, fromlist=["checkpoint_filter_fn"])
         load_checkpoint(model, checkpoint, filter_fn=getattr(family, "checkpoint_filter_fn", None))
@@ -101,6 +103,7 @@ def export_model(
     checkpoint: str | Path | None = None,
     tolerance: float = DEFAULT_TOLERANCE,
     latency_repeats: int = 0,
+    model_kwargs: dict | None = None,
 ) -> dict:
     """Export ``name`` to ``format`` at ``out`` and check parity; returns a result record (never hides a failure).
 
@@ -110,7 +113,7 @@ def export_model(
     ``tolerance`` gives ``status='mismatch'``.
     """
     fmt = get_format(format)
-    model = build_model(name, checkpoint, deploy)
+    model = build_model(name, checkpoint, deploy, model_kwargs)
     out = Path(out) if out is not None else default_output(name, fmt, deploy)
     if out.suffix != fmt.suffix:
         raise ExportError(f"--out {out} does not end in {fmt.suffix}, the {fmt.name} extension")
@@ -121,6 +124,9 @@ def export_model(
         "input_size": [height, width], "dynamic_batch": dynamic_batch, "dynamic_size": dynamic_size,
         "runtime": fmt.runtime, "tolerance": tolerance, "file": str(out),
     }
+    if model_kwargs:
+        result["model_kwargs"] = {key: list(value) if isinstance(value, tuple) else value
+                                  for key, value in model_kwargs.items()}
     inputs = _parity_inputs(model, height, width, dynamic_batch, dynamic_size)
     with torch.no_grad():
         references = {label: model(x) for label, x in inputs.items()}

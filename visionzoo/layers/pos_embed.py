@@ -1,5 +1,8 @@
-"""Position encodings computed from the input itself."""
+"""Position encodings: computed from the input itself, or learned on one grid and resampled to another."""
 from __future__ import annotations
+
+import functools
+import math
 
 import torch
 import torch.nn.functional as F
@@ -25,3 +28,60 @@ class ConvPosEnc(nn.Module):
         identity_tap = F.pad(conv.weight.new_ones(1, 1, 1, 1), (centre, centre, centre, centre))
         out = F.conv2d(x.permute(0, 3, 1, 2), conv.weight + identity_tap, conv.bias, padding=conv.padding, groups=conv.groups)
         return out.permute(0, 2, 3, 1)
+
+
+# PIL's bicubic kernel constant, which torch's antialiased bicubic uses too (plain bicubic uses -0.75).
+_AA_BICUBIC_A = -0.5
+
+
+def _aa_bicubic_kernel(x: float) -> float:
+    x = abs(x)
+    if x < 1.0:
+        return ((_AA_BICUBIC_A + 2.0) * x - (_AA_BICUBIC_A + 3.0)) * x * x + 1.0
+    if x < 2.0:
+        return (((x - 5.0) * x + 8.0) * x - 4.0) * _AA_BICUBIC_A
+    return 0.0
+
+
+@functools.lru_cache(maxsize=64)
+def aa_bicubic_weights(in_size: int, out_size: int) -> tuple[tuple[float, ...], ...]:
+    """The (out_size, in_size) matrix of ``F.interpolate(mode='bicubic', antialias=True, align_corners=False)``
+    along one axis: when shrinking, the kernel widens by the scale so every input sample is averaged in."""
+    scale = in_size / out_size
+    support = 2.0 * max(scale, 1.0)
+    stretch = 1.0 / max(scale, 1.0)
+    rows = []
+    for index in range(out_size):
+        centre = scale * (index + 0.5)
+        first = max(int(centre - support + 0.5), 0)
+        last = min(int(centre + support + 0.5), in_size)
+        taps = [_aa_bicubic_kernel((tap - centre + 0.5) * stretch) for tap in range(first, last)]
+        total = math.fsum(taps)
+        row = [0.0] * in_size
+        for offset, weight in enumerate(taps):
+            row[first + offset] = weight / total if total else 0.0
+        rows.append(tuple(row))
+    return tuple(rows)
+
+
+def resample_grid_embed(embed: torch.Tensor, new_grid: tuple[int, int], old_grid: tuple[int, int]) -> torch.Tensor:
+    """Resample a (B, H*W, C) embedding learned on ``old_grid`` to ``new_grid`` with antialiased bicubic
+    interpolation (as timm's ``resample_abs_pos_embed``).
+
+    When exporting at a static size it is two small matrix products with constant weights instead, the same
+    function in ops every exporter and runtime has (ExecuTorch's core ATen set has no antialiased upsampling).
+    """
+    (new_h, new_w), (old_h, old_w) = new_grid, old_grid
+    channels = embed.shape[-1]
+    grid = embed.reshape(embed.shape[0], old_h, old_w, channels)
+    if grid.dtype in (torch.float16, torch.bfloat16):
+        grid = grid.float()  # the antialiased kernels have no half-precision CPU implementation
+    if torch.compiler.is_exporting() and all(isinstance(size, int) for size in (new_h, new_w, old_h, old_w)):
+        rows = grid.new_tensor(aa_bicubic_weights(old_h, new_h))
+        cols = grid.new_tensor(aa_bicubic_weights(old_w, new_w))
+        resampled = torch.einsum("ph,bhwc,qw->bpqc", rows, grid, cols)
+    else:
+        resampled = F.interpolate(
+            grid.permute(0, 3, 1, 2), size=(new_h, new_w), mode="bicubic", antialias=True, align_corners=False
+        ).permute(0, 2, 3, 1)
+    return resampled.reshape(embed.shape[0], new_h * new_w, channels).to(embed.dtype)

@@ -14,7 +14,6 @@ from collections.abc import Mapping, Sequence
 
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import resample_abs_pos_embed
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from torch import nn
@@ -26,6 +25,7 @@ from visionzoo.layers.drop import DropPath
 from visionzoo.layers.gpsa import GatedPositionalSelfAttention
 from visionzoo.layers.mlp import Mlp
 from visionzoo.layers.patch_embed import PatchEmbed
+from visionzoo.layers.pos_embed import resample_grid_embed
 
 __all__ = ["ConVit", "checkpoint_filter_fn"]
 
@@ -202,7 +202,7 @@ class ConVit(nn.Module):
         x = self.patch_embed(x).flatten(2).transpose(1, 2)
         pos_embed = self.pos_embed
         if grid_size != self.grid_size:
-            pos_embed = resample_abs_pos_embed(pos_embed, list(grid_size), list(self.grid_size), num_prefix_tokens=0)
+            pos_embed = resample_grid_embed(pos_embed, grid_size, self.grid_size)
         return self.pos_drop(x + pos_embed)
 
     def _run_block(self, index: int, x: torch.Tensor, grid_size: tuple[int, int]) -> torch.Tensor:
@@ -295,7 +295,7 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: ConVit) -> 
             continue
         if key == "pos_embed" and value.shape[1] != model.pos_embed.shape[1]:
             old_side = int(round(value.shape[1] ** 0.5))
-            value = resample_abs_pos_embed(value, list(model.grid_size), [old_side, old_side], num_prefix_tokens=0)
+            value = resample_grid_embed(value, tuple(model.grid_size), (old_side, old_side))
         converted[key] = value
     return converted
 

@@ -66,6 +66,47 @@ def _key_windows(x: torch.Tensor, block_size: int, halo_size: int) -> torch.Tens
     return windows.permute(0, 1, 3, 4, 5, 6, 2).flatten(4, 5)
 
 
+def _key_windows_low_rank(x: torch.Tensor, block_size: int, halo_size: int) -> torch.Tensor:
+    """:func:`_key_windows` flattened to (B·heads·blocks, win·win, C) through tensors of rank ≤ 5, for export
+    (XNNPACK takes rank ≤ 6, Core ML rank ≤ 5): one axis is unfolded at a time."""
+    batch, heads, channels, height, width = x.shape
+    pad_h = _padded_size(height, block_size) - height
+    pad_w = _padded_size(width, block_size) - width
+    x = F.pad(x.flatten(0, 1), (halo_size, halo_size + pad_w, halo_size, halo_size + pad_h))
+    win = block_size + 2 * halo_size
+    rows = x.unfold(2, win, block_size).permute(0, 2, 1, 4, 3)  # Bn, nbh, C, win, W
+    rows = rows.reshape(-1, channels, win, x.shape[-1])
+    windows = rows.unfold(3, win, block_size).permute(0, 3, 2, 4, 1)  # Bn·nbh, nbw, win, win, C
+    return windows.reshape(-1, win * win, channels)
+
+
+def _query_blocks_low_rank(q: torch.Tensor, block_size: int, query_stride: int) -> torch.Tensor:
+    """:func:`_query_blocks` flattened to (B·heads·blocks, bq, bq, C) through tensors of rank ≤ 5, for export."""
+    bq = block_size // query_stride
+    height, width = q.shape[-2:]
+    pad_h = _padded_size(height, bq) - height
+    pad_w = _padded_size(width, bq) - width
+    q = q.flatten(0, 1)
+    if pad_h or pad_w:
+        q = F.pad(q, (0, pad_w, 0, pad_h))
+    channels, height, width = q.shape[1:]
+    rows = q.reshape(-1, channels, height // bq, bq, width).permute(0, 2, 3, 4, 1)  # Bn, nbh, bq, W, C
+    blocks = rows.reshape(-1, bq, width // bq, bq, channels).transpose(1, 2)  # Bn·nbh, nbw, bq, bq, C
+    return blocks.reshape(-1, bq, bq, channels)
+
+
+def _merge_blocks_low_rank(out: torch.Tensor, batch: int, heads: int, nbh: int, nbw: int, bq: int,
+                           height: int, width: int) -> torch.Tensor:
+    """(B·heads·blocks, bq·bq, C) → (B, heads, C, height, width) through tensors of rank ≤ 5, for export."""
+    channels = out.shape[-1]
+    out = out.reshape(batch * heads * nbh, nbw, bq, bq, channels).transpose(1, 2)  # Bn·nbh, bq, nbw, bq, C
+    out = out.reshape(batch * heads, nbh * bq, nbw * bq, channels).permute(0, 3, 1, 2)
+    out = out.reshape(batch, heads, channels, nbh * bq, nbw * bq)
+    if nbh * bq != height or nbw * bq != width:
+        out = out[..., :height, :width]
+    return out
+
+
 def _key_valid(height: int, width: int, block_size: int, halo_size: int, device) -> torch.Tensor | None:
     """(blocks, win·win) bool, False for keys in the block padding; None when the map needs no padding."""
     if height % block_size == 0 and width % block_size == 0:
@@ -175,11 +216,17 @@ def _halo_attention_bmm(
     out_height, out_width = q.shape[-2:]
     bq = block_size // query_stride
     win = block_size + 2 * halo_size
-    queries = _query_blocks(q, block_size, query_stride)
-    batch, heads, nbh, nbw = queries.shape[:4]
-    queries = queries.reshape(-1, bq, bq, q.shape[2])  # Z = B·heads·blocks
-    keys = _key_windows(k, block_size, halo_size).reshape(queries.shape[0], win * win, k.shape[2])
-    values = _key_windows(v, block_size, halo_size).reshape(queries.shape[0], win * win, v.shape[2])
+    batch, heads = q.shape[:2]
+    nbh, nbw = _padded_size(out_height, bq) // bq, _padded_size(out_width, bq) // bq
+    exporting = torch.compiler.is_exporting()
+    if exporting:
+        queries = _query_blocks_low_rank(q, block_size, query_stride)
+        keys = _key_windows_low_rank(k, block_size, halo_size)
+        values = _key_windows_low_rank(v, block_size, halo_size)
+    else:
+        queries = _query_blocks(q, block_size, query_stride).reshape(-1, bq, bq, q.shape[2])  # Z = B·heads·blocks
+        keys = _key_windows(k, block_size, halo_size).reshape(queries.shape[0], win * win, k.shape[2])
+        values = _key_windows(v, block_size, halo_size).reshape(queries.shape[0], win * win, v.shape[2])
 
     rel_h = _relative_logits(queries, height_rel, win, axis=1)
     rel_w = _relative_logits(queries, width_rel, win, axis=2)
@@ -190,4 +237,6 @@ def _halo_attention_bmm(
     # The content term accumulates into the relative-logit buffer: no second logits-sized tensor.
     logits.baddbmm_(queries.reshape(-1, bq * bq, q.shape[2]), keys.transpose(1, 2), alpha=scale)
     out = torch.bmm(logits.softmax(dim=-1), values)
+    if exporting:
+        return _merge_blocks_low_rank(out, batch, heads, nbh, nbw, bq, out_height, out_width)
     return _merge_blocks(out.reshape(batch, heads, nbh, nbw, bq, bq, v.shape[2]), out_height, out_width)
