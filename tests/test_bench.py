@@ -444,3 +444,11 @@ def test_exported_runtime_names_the_shapes_it_was_prepared_for():
 def test_exported_runtime_measures_inference_only():
     with pytest.raises(BenchArgumentError, match="pass --no-train"):
         BenchSettings(runtime="onnxruntime", train=True).validate()
+
+
+def test_markers_quoted_in_prose_are_left_alone_and_two_sections_refused():
+    quoted = f"Run it to rewrite `{report.README_START}` ... `{report.README_END}`.\n"
+    text = f"{quoted}{report.README_START}\nold\n{report.README_END}\n"
+    assert report.replace_between_markers(text, "new\n", "doc.md") == f"{quoted}{report.README_START}\nnew\n{report.README_END}\n"
+    with pytest.raises(report.ResultsFormatError, match="has 2 .* sections; it needs exactly one"):
+        report.replace_between_markers(text + text, "new\n", "doc.md")

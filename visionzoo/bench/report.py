@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
+from visionzoo._markers import MarkerError, replace_marked_block
 from visionzoo.bench.suite import SCHEMA
 
 README_START = "<!-- bench:start -->"
@@ -266,11 +267,10 @@ def load_results(path: Path) -> dict:
 def replace_between_markers(
     text: str, block: str, source: str, start_marker: str = README_START, end_marker: str = README_END
 ) -> str:
-    start, end = text.find(start_marker), text.find(end_marker)
-    if start < 0 or end < 0 or end < start:
-        raise ResultsFormatError(f"{source} needs the lines {start_marker} and {end_marker} (in that order) "
-                                 "around the place for the generated table")
-    return text[: start + len(start_marker)] + "\n" + block + text[end:]
+    try:
+        return replace_marked_block(text, block, source, start_marker, end_marker)
+    except MarkerError as error:
+        raise ResultsFormatError(str(error)) from None
 
 
 def render_readme(results_path: Path, readme_path: Path, plot_path: Path) -> str | None:

@@ -4,11 +4,11 @@ from __future__ import annotations
 import datetime
 import json
 import platform
-import re
 import tempfile
 from importlib import metadata
 from pathlib import Path
 
+from visionzoo._markers import MarkerError, replace_marked_block
 from visionzoo.export._files import ExportError, atomic_output
 from visionzoo.export.core import export_model
 from visionzoo.export.formats import FORMATS
@@ -132,15 +132,10 @@ def update_readme(results: str | Path, readme: str | Path) -> None:
     results, readme = Path(results), Path(readme)
     if not results.is_file():
         raise ExportError(f"no results file {results}; run `visionzoo export --matrix 'vz_*'` first")
-    text = readme.read_text()
-    # The markers count only on lines of their own (prose may quote them).
-    section = re.search(rf"^{re.escape(README_START)}$.*?^{re.escape(README_END)}$", text, re.MULTILINE | re.DOTALL)
-    if section is None:
-        raise ExportError(
-            f"{readme} has no {README_START} ... {README_END} section; add the two markers, each on its own line, "
-            f"where the table goes"
-        )
     table = markdown_table(json.loads(results.read_text()))
-    head, tail = text[:section.start()], text[section.end():]
+    try:
+        text = replace_marked_block(readme.read_text(), table, str(readme), README_START, README_END)
+    except MarkerError as error:
+        raise ExportError(str(error)) from None
     with atomic_output(readme) as temp:
-        temp.write_text(f"{head}{README_START}\n{table}\n{README_END}{tail}")
+        temp.write_text(text)
