@@ -32,9 +32,10 @@ def local_window_mask(height: int, width: int, window_size: int = 3, device=None
     offsets = torch.arange(window_size, device=device) - window_size // 2
     rows = torch.arange(height, device=device)[:, None] + offsets
     cols = torch.arange(width, device=device)[:, None] + offsets
-    rows_inside = (rows >= 0) & (rows < height)
-    cols_inside = (cols >= 0) & (cols < width)
-    inside = rows_inside[:, None, :, None] & cols_inside[None, :, None, :]
+    # logical_and rather than ``&``: coremltools converts no bitwise and.
+    rows_inside = torch.logical_and(rows >= 0, rows < height)
+    cols_inside = torch.logical_and(cols >= 0, cols < width)
+    inside = torch.logical_and(rows_inside[:, None, :, None], cols_inside[None, :, None, :])
     return inside.reshape(height * width, window_size * window_size)
 
 
@@ -159,7 +160,7 @@ def _aggregated_attention_shifted(q, k, v, k_pool, v_pool, local_bias, pool_bias
         [(q_grid * k_padded[:, :, dy:dy + height, dx:dx + width]).sum(-1) for dy, dx in shifts], dim=-1
     ).reshape(batch, heads, tokens, len(shifts))
     inside = local_window_mask(height, width, window_size, device=q.device)
-    local_logits = (local_logits + local_bias.unsqueeze(1)).masked_fill(~inside, float("-inf"))
+    local_logits = (local_logits + local_bias.unsqueeze(1)).masked_fill(inside.logical_not(), float("-inf"))
     pool_logits = q @ k_pool.transpose(-2, -1) + pool_bias
     local_weights, pool_weights = _joint_softmax(local_logits, pool_logits)
     local_weights = (local_weights + value_bias).reshape(batch, heads, height, width, len(shifts))

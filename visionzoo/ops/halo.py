@@ -66,17 +66,24 @@ def _key_windows(x: torch.Tensor, block_size: int, halo_size: int) -> torch.Tens
     return windows.permute(0, 1, 3, 4, 5, 6, 2).flatten(4, 5)
 
 
+def _window_index(blocks: int, block_size: int, win: int, device) -> torch.Tensor:
+    """Padded-map positions of ``blocks`` windows of ``win`` at stride ``block_size``, flattened: a constant."""
+    return torch.tensor([b * block_size + i for b in range(blocks) for i in range(win)], device=device)
+
+
 def _key_windows_low_rank(x: torch.Tensor, block_size: int, halo_size: int) -> torch.Tensor:
-    """:func:`_key_windows` flattened to (B·heads·blocks, win·win, C) through tensors of rank ≤ 5, for export
-    (XNNPACK takes rank ≤ 6, Core ML rank ≤ 5): one axis is unfolded at a time."""
-    batch, heads, channels, height, width = x.shape
+    """:func:`_key_windows` flattened to (B·heads·blocks, win·win, C) for export: one axis at a time, gathered with
+    ``index_select`` (coremltools has no ``unfold``) through tensors of rank ≤ 5 (XNNPACK takes ≤ 6, Core ML ≤ 5)."""
+    channels, height, width = x.shape[2:]
     pad_h = _padded_size(height, block_size) - height
     pad_w = _padded_size(width, block_size) - width
     x = F.pad(x.flatten(0, 1), (halo_size, halo_size + pad_w, halo_size, halo_size + pad_h))
     win = block_size + 2 * halo_size
-    rows = x.unfold(2, win, block_size).permute(0, 2, 1, 4, 3)  # Bn, nbh, C, win, W
-    rows = rows.reshape(-1, channels, win, x.shape[-1])
-    windows = rows.unfold(3, win, block_size).permute(0, 3, 2, 4, 1)  # Bn·nbh, nbw, win, win, C
+    nbh, nbw = (height + pad_h) // block_size, (width + pad_w) // block_size
+    rows = x.index_select(2, _window_index(nbh, block_size, win, x.device))
+    rows = rows.reshape(-1, channels, nbh, win, x.shape[-1]).transpose(1, 2).reshape(-1, channels, win, x.shape[-1])
+    windows = rows.index_select(3, _window_index(nbw, block_size, win, x.device))
+    windows = windows.reshape(-1, channels, win, nbw, win).permute(0, 3, 2, 4, 1)  # Bn·nbh, nbw, win, win, C
     return windows.reshape(-1, win * win, channels)
 
 
@@ -120,7 +127,7 @@ def _key_valid(height: int, width: int, block_size: int, halo_size: int, device)
         return starts[:, None] + torch.arange(win, device=device)[None, :] < size + 2 * halo_size
 
     rows, cols = valid_1d(height), valid_1d(width)
-    return (rows[:, None, :, None] & cols[None, :, None, :]).flatten(2).flatten(0, 1)
+    return torch.logical_and(rows[:, None, :, None], cols[None, :, None, :]).flatten(2).flatten(0, 1)
 
 
 def _query_blocks(q: torch.Tensor, block_size: int, query_stride: int) -> torch.Tensor:
@@ -177,7 +184,7 @@ def halo_attention_reference(
     valid = _key_valid(*k.shape[-2:], block_size, halo_size, q.device)
     if valid is not None:
         valid = valid.unflatten(0, queries.shape[2:4])[:, :, None, :]
-        logits = logits.masked_fill(~valid, float("-inf"))
+        logits = logits.masked_fill(valid.logical_not(), float("-inf"))
     out = logits.softmax(dim=-1) @ values  # B, n, nbh, nbw, y·x, d
     return _merge_blocks(out.unflatten(4, (bq, bq)), out_height, out_width)
 
@@ -196,6 +203,17 @@ def _relative_logits(queries: torch.Tensor, table: torch.Tensor, win: int, axis:
     strides = [bq * bq * offsets, bq * offsets, offsets, 1]
     strides[axis] -= 1  # one column further left per step of pos
     return logits.as_strided((z, bq, bq, win), strides, win - 1)
+
+
+def _relative_logits_gathered(queries: torch.Tensor, table: torch.Tensor, win: int, axis: int) -> torch.Tensor:
+    """:func:`_relative_logits` for export: each position's ``win`` table rows gathered with a constant index,
+    then one batched matmul per position (no ``as_strided``, which coremltools cannot convert)."""
+    z, bq, _, dim = queries.shape
+    index = torch.tensor([u - pos + win - 1 for pos in range(bq) for u in range(win)], device=queries.device)
+    rows = table.index_select(0, index).reshape(bq, win, dim)  # position, u, d
+    by_position = (queries.transpose(0, 1) if axis == 1 else queries.permute(2, 0, 1, 3)).reshape(bq, -1, dim)
+    logits = torch.bmm(by_position, rows.transpose(1, 2)).reshape(bq, z, bq, win)  # position, Z, other, u
+    return logits.transpose(0, 1) if axis == 1 else logits.permute(1, 2, 0, 3)
 
 
 @halo_attention.register("blocked_bmm")
@@ -228,12 +246,14 @@ def _halo_attention_bmm(
         keys = _key_windows(k, block_size, halo_size).reshape(queries.shape[0], win * win, k.shape[2])
         values = _key_windows(v, block_size, halo_size).reshape(queries.shape[0], win * win, v.shape[2])
 
-    rel_h = _relative_logits(queries, height_rel, win, axis=1)
-    rel_w = _relative_logits(queries, width_rel, win, axis=2)
+    relative_logits = _relative_logits_gathered if exporting else _relative_logits
+    rel_h = relative_logits(queries, height_rel, win, axis=1)
+    rel_w = relative_logits(queries, width_rel, win, axis=2)
     logits = (rel_h[..., :, None] + rel_w[..., None, :]).reshape(-1, bq * bq, win * win)
     valid = _key_valid(*k.shape[-2:], block_size, halo_size, q.device)
     if valid is not None:
-        logits.unflatten(0, (batch * heads, nbh * nbw)).masked_fill_(~valid[None, :, None, :], float("-inf"))
+        masked = valid.logical_not()[None, :, None, :]
+        logits.unflatten(0, (batch * heads, nbh * nbw)).masked_fill_(masked, float("-inf"))
     # The content term accumulates into the relative-logit buffer: no second logits-sized tensor.
     logits.baddbmm_(queries.reshape(-1, bq * bq, q.shape[2]), keys.transpose(1, 2), alpha=scale)
     out = torch.bmm(logits.softmax(dim=-1), values)
