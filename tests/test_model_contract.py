@@ -18,6 +18,7 @@ from timm.models import group_parameters
 
 from _zoo import create, family_module, model_params, input_sizes, zoo_models
 from visionzoo.bench.flops import count_macs
+from visionzoo.layers.fuse import fuse_model
 from visionzoo.models._cards import variant_card
 from visionzoo.models._checkpoint import load_checkpoint
 from visionzoo.ops import REFERENCE, use_backend
@@ -261,6 +262,28 @@ def test_checkpoint_filter_round_trip(name):
     x = _input(name)
     with torch.no_grad():
         assert _close(clone(x), model(x))
+
+
+@pytest.mark.parametrize("name", HEAVY)
+def test_deploy_form_folds_every_conv_batchnorm_and_keeps_outputs(name):
+    """``fuse_model`` is what bench --deploy and export run: same outputs, and no BatchNorm left behind a conv
+    (a conv whose weights are rescaled at run time is one exporters cannot hand to XNNPACK as a constant)."""
+    model = create(name).eval()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.running_mean.uniform_(-0.2, 0.2)
+                module.running_var.uniform_(0.5, 1.5)
+                module.weight.uniform_(0.5, 1.5)
+    deployed = fuse_model(model)
+    x = _input(name)
+    with torch.no_grad():
+        assert _close(deployed(x), model(x), rtol=1e-4, atol=1e-4)
+    for module_name, module in deployed.named_modules():
+        conv_then_norm = [type(child).__name__ for child in module.children()][:2]
+        assert not (isinstance(getattr(module, "conv", None), torch.nn.Conv2d)
+                    and isinstance(getattr(module, "bn", None), torch.nn.BatchNorm2d)), f"{module_name} kept its BatchNorm"
+        assert conv_then_norm != ["Conv2d", "BatchNorm2d"], f"{module_name} kept a Conv2d → BatchNorm2d pair"
 
 
 @pytest.mark.parametrize("name", HEAVY)

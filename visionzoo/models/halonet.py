@@ -27,6 +27,7 @@ from timm.models._features import feature_take_indices
 from torch import nn
 
 from visionzoo.layers.checks import check_image_input
+from visionzoo.layers.conv_bn import fuse_conv_bn
 from visionzoo.layers.drop import DropPath
 from visionzoo.layers.halo import HaloAttention
 from visionzoo.models._checkpoint import _unwrap
@@ -91,6 +92,22 @@ class ConvBnAct(nn.Module):
         weight = conv.weight * scale.reshape(-1, 1, 1, 1)
         bias = self.bn.bias - self.bn.running_mean * scale
         return self.act(F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups))
+
+    def fuse(self) -> ConvAct:
+        """The deploy form: one conv with the BatchNorm folded in for good (static weights, as exporters need)."""
+        return ConvAct(fuse_conv_bn(self.conv, self.bn), self.act)
+
+
+class ConvAct(nn.Module):
+    """A conv whose BatchNorm is folded in, then the activation: :meth:`ConvBnAct.fuse`'s result."""
+
+    def __init__(self, conv: nn.Conv2d, act: nn.Module):
+        super().__init__()
+        self.conv = conv
+        self.act = act
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.conv(x))
 
 
 class BatchNormAct(nn.BatchNorm2d):
