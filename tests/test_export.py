@@ -230,15 +230,15 @@ def test_markdown_keeps_failures_and_readme_section_is_regenerated(tmp_path):
     matrix = {"created": "2026-11-23T12:00:00+00:00", "host": {"machine": "x86_64"}, "error_metric": "max|out - ref| / max|ref|",
               "latency": "median of 5", "results": [success, failure]}
     table = markdown_table(matrix)
-    assert "| vz_x_tiny | onnx | ok | 1.5e-06 | 9.0e-07 | 2.5 | 3.2 | dynamo |" in table
-    assert "| vz_x_tiny | coreml | failed |" in table and "`aten.unfold.default`" in table
+    assert "| vz_x_tiny | 64x64 | onnx | ok | 1.5e-06 | 9.0e-07 | 2.5 | 3.2 | dynamo |" in table
+    assert "| vz_x_tiny | 64x64 | coreml | failed |" in table and "`aten.unfold.default`" in table
     results = tmp_path / "m.json"
     results.write_text(json.dumps(matrix))
     readme = tmp_path / "README.md"
     readme.write_text(f"intro quoting `{README_START}`\n{README_START}\nold table\n{README_END}\noutro\n")
     update_readme(results, readme)
     text = readme.read_text()
-    assert text.startswith(f"intro quoting `{README_START}`\n{README_START}\nExported at 64x64") and text.endswith(f"{README_END}\noutro\n") and "old table" not in text
+    assert text.startswith(f"intro quoting `{README_START}`\n{README_START}\nExported at the input size shown") and text.endswith(f"{README_END}\noutro\n") and "old table" not in text
     assert "`aten.unfold.default`" in text
     readme.write_text("no markers here\n")
     with pytest.raises(ExportError, match="export:start"):

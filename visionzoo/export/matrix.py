@@ -19,9 +19,9 @@ README_START = "<!-- export:start -->"
 README_END = "<!-- export:end -->"
 DEFAULT_RESULTS = Path("results/export_matrix.json")
 TABLE_HEADER = (
-    "| model | format | status | max rel. error (random) | max rel. error (photos) | size (MB) | latency b1 (ms) "
-    "| exporter / failure |",
-    "|---|---|---|---|---|---|---|---|",
+    "| model | input | format | status | max rel. error (random) | max rel. error (photos) | size (MB) "
+    "| latency b1 (ms) | exporter / failure |",
+    "|---|---|---|---|---|---|---|---|---|",
 )
 VERSIONS = ("torch", "onnx", "onnxscript", "onnxruntime", "executorch", "coremltools", "timm")
 
@@ -105,7 +105,8 @@ def markdown_row(record: dict) -> str:
     size = record.get("file_bytes")
     latency = record.get("latency_ms_b1_median")
     return (
-        f"| {record['model']} | {record['format']} | {status} | {_sci(record.get('max_rel_error_random'))} "
+        f"| {record['model']} | {'x'.join(map(str, record.get('input_size', []))) or '-'} | {record['format']} "
+        f"| {status} | {_sci(record.get('max_rel_error_random'))} "
         f"| {_sci(record.get('max_rel_error_photos'))} | {'-' if size is None else f'{size / 1e6:.1f}'} "
         f"| {'-' if latency is None else f'{latency:.1f}'} | {note} |"
     )
@@ -113,9 +114,8 @@ def markdown_row(record: dict) -> str:
 
 def markdown_table(matrix: dict) -> str:
     first = matrix["results"][0] if matrix["results"] else {}
-    size = "x".join(str(v) for v in first.get("input_size", []))
     lines = [
-        f"Exported at {size or 'the pretrained'} input, batch 1, float32{', deploy form' if first.get('deploy') else ''}; "
+        f"Exported at the input size shown, batch 1, float32{', deploy form' if first.get('deploy') else ''}; "
         f"error = {matrix['error_metric']}, on seeded random input and on three photographs "
         f"(skimage astronaut, chelsea, coffee); pass below {first.get('tolerance', 1e-4):g}. "
         f"Latency: {matrix['latency']} ({matrix['host']['machine']}, {matrix['created'][:10]}). "

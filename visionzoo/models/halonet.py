@@ -84,9 +84,10 @@ class ConvBnAct(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         conv = self.conv
         # Folding rescales the weights on every call, a BatchNorm pass reads and writes the output map:
-        # fold where the weights per output pixel are fewer than the output pixels per channel.
+        # fold where the weights per output pixel are fewer than the output pixels per channel. Exporters get
+        # the plain pair, which they fold themselves into constant weights.
         out_pixels = x.shape[0] * (x.shape[-2] // conv.stride[0]) * (x.shape[-1] // conv.stride[1])
-        if self.training or conv.weight[0].numel() > out_pixels:
+        if self.training or torch.compiler.is_exporting() or conv.weight[0].numel() > out_pixels:
             return self.act(self.bn(conv(x)))
         scale = self.bn.weight * torch.rsqrt(self.bn.running_var + self.bn.eps)
         weight = conv.weight * scale.reshape(-1, 1, 1, 1)
