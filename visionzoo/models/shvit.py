@@ -259,6 +259,10 @@ class Shvit(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         check_image_input(x, self.in_chans, STEM_STRIDE, "SHViT")
+        if not self.training and x.device.type == "cpu" and not torch.compiler.is_compiling():
+            # oneDNN's convolutions, nearly all of SHViT's CPU time, run faster on NHWC maps; every layer keeps
+            # the format, so converting the input once suffices. Compilers and exporters choose layouts themselves.
+            x = x.contiguous(memory_format=torch.channels_last)
         return self.stages(self.stem(x))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
