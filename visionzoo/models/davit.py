@@ -20,13 +20,13 @@ import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import LayerNorm2d, NormMlpClassifierHead, trunc_normal_
 from timm.models import build_model_with_cfg, checkpoint, checkpoint_seq
-from timm.models._features import feature_take_indices
 from timm.models import generate_default_cfgs, register_model
 from torch import nn
 
 from visionzoo.layers.activations import InferenceInplaceGELU
 from visionzoo.layers.channel_attention import ChannelGroupAttention
 from visionzoo.layers.checks import check_image_input
+from visionzoo.layers.stages import check_nchw_only, prune_stages, run_stages, set_stage_checkpointing
 from visionzoo.layers.drop import DropPath
 from visionzoo.layers.mlp import Mlp
 from visionzoo.layers.pos_embed import ConvPosEnc
@@ -223,9 +223,7 @@ class DaViT(nn.Module):
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-        for stage in self.stages:
-            stage.grad_checkpointing = enable
+        set_stage_checkpointing(self, enable)
 
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
@@ -246,27 +244,17 @@ class DaViT(nn.Module):
     ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
         """Stage outputs (NCHW) at ``indices`` (last n if int, all if None). DaViT has no norm before its head
         pooling, so ``norm`` changes nothing."""
-        if output_fmt != "NCHW":
-            raise ValueError(f"DaViT returns NCHW intermediates only, got output_fmt={output_fmt!r}")
+        check_nchw_only(output_fmt, "DaViT")
         check_image_input(x, self.in_chans, model_name="DaViT")
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        stages = self.stages[: max_index + 1] if stop_early or intermediates_only else self.stages
-        intermediates = []
-        x = self.stem(x)
-        for index, stage in enumerate(stages):
-            x = checkpoint(stage, x) if self.grad_checkpointing and not torch.jit.is_scripting() else stage(x)
-            if index in take_indices:
-                intermediates.append(x)
-        if intermediates_only:
-            return intermediates
-        return x, intermediates
+        run = checkpoint if self.grad_checkpointing and not torch.jit.is_scripting() else None
+        x, intermediates = run_stages(self.stages, self.stem(x), indices, stop_early or intermediates_only, run)
+        return intermediates if intermediates_only else (x, intermediates)
 
     def prune_intermediate_layers(
         self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
     ) -> list[int]:
         """Drop the stages after the last index needed (and the head); returns the kept indices."""
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        self.stages = self.stages[: max_index + 1]
+        take_indices, max_index = prune_stages(self, indices)
         if max_index < len(self.feature_info) - 1:
             # The head's norm is sized for the last stage, which is gone.
             self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]

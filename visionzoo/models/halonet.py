@@ -27,6 +27,7 @@ from timm.models._features import feature_take_indices
 from torch import nn
 
 from visionzoo.layers.checks import check_image_input
+from visionzoo.layers.stages import check_nchw_only
 from visionzoo.layers.conv_bn import fuse_conv_bn
 from visionzoo.layers.drop import DropPath
 from visionzoo.layers.halo import HaloAttention
@@ -355,8 +356,7 @@ class HaloNet(nn.Module):
         intermediates_only: bool = False,
     ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
         """Feature maps at strides 2, 4, 8, 16, 32 (the last after ``final_conv``); no norm layer to apply."""
-        if output_fmt != "NCHW":
-            raise ValueError(f"HaloNet returns NCHW feature maps only, got output_fmt={output_fmt!r}")
+        check_nchw_only(output_fmt, "HaloNet")
         self._check_input(x)
         take_indices, max_index = feature_take_indices(len(self.feature_info), indices)
         intermediates = []

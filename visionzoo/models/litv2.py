@@ -25,6 +25,7 @@ from timm.models._manipulate import checkpoint_seq
 from torch import nn
 
 from visionzoo.layers.checks import check_image_input
+from visionzoo.layers.stages import check_nchw_only, prune_stages, run_stages, set_stage_checkpointing
 from visionzoo.layers.deform_conv import DeformConv2d
 from visionzoo.layers.drop import DropPath
 from visionzoo.layers.dwconv_mlp import DwConvMlp
@@ -230,9 +231,7 @@ class LITv2(nn.Module):
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-        for stage in self.stages:
-            stage.grad_checkpointing = enable
+        set_stage_checkpointing(self, enable)
 
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
@@ -264,30 +263,24 @@ class LITv2(nn.Module):
         intermediates_only: bool = False,
     ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
         """Per-stage NCHW maps (``norm`` applies the final LayerNorm to the last stage's map)."""
-        if output_fmt != "NCHW":
-            raise ValueError(f"LITv2 returns intermediates as 'NCHW' only, got output_fmt={output_fmt!r}")
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        check_nchw_only(output_fmt, "LITv2")
         last_index = len(self.stages) - 1
-        x = self._embed(x)
-        stages = self.stages if torch.jit.is_scripting() or not stop_early else self.stages[: max_index + 1]
-        intermediates = []
-        for index, stage in enumerate(stages):
-            x = stage(x)
-            if index in take_indices:
-                feature = self.norm(x) if norm and index == last_index else x
-                intermediates.append(feature.permute(0, 3, 1, 2))
+
+        def keep(index: int, feature: torch.Tensor) -> torch.Tensor:
+            return (self.norm(feature) if norm and index == last_index else feature).permute(0, 3, 1, 2)
+
+        x, intermediates = run_stages(self.stages, self._embed(x), indices, stop_early, keep=keep)
         if intermediates_only:
             return intermediates
-        if len(stages) == len(self.stages):
-            x = self.norm(x)
+        if not stop_early or feature_take_indices(len(self.stages), indices)[1] == last_index:
+            x = self.norm(x)  # the final norm belongs to the last stage's output only
         return x.permute(0, 3, 1, 2), intermediates
 
     def prune_intermediate_layers(
         self, indices: int | Sequence[int] = 1, prune_norm: bool = False, prune_head: bool = True
     ) -> list[int]:
         """Drop the stages after the last of ``indices`` (and the final norm / head if asked)."""
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        self.stages = self.stages[: max_index + 1]
+        take_indices, _ = prune_stages(self, indices)
         if prune_norm:
             self.norm = nn.Identity()
         if prune_head:

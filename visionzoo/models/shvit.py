@@ -19,11 +19,11 @@ import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import SelectAdaptivePool2d, SqueezeExcite
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
-from timm.models._features import feature_take_indices
 from torch import nn
 
 from visionzoo.layers.attention import SingleHeadSelfAttention
 from visionzoo.layers.checks import check_image_input
+from visionzoo.layers.stages import check_nchw_only, prune_stages, run_stages, set_stage_checkpointing
 from visionzoo.layers.conv_bn import ConvNorm, NormLinear
 from visionzoo.layers.mlp import ConvNormFfn
 from visionzoo.layers.patch_embed import ConvStem
@@ -198,9 +198,7 @@ class Shvit(nn.Module):
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-        for stage in self.stages:
-            stage.grad_checkpointing = enable
+        set_stage_checkpointing(self, enable)
 
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
@@ -226,20 +224,10 @@ class Shvit(nn.Module):
         intermediates_only: bool = False,
     ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
         """Stage outputs (NCHW) at strides 16/32/64. The network has no final norm, so ``norm`` changes nothing."""
-        if output_fmt != "NCHW":
-            raise ValueError(f"SHViT produces NCHW feature maps only, got output_fmt={output_fmt!r}")
+        check_nchw_only(output_fmt, "SHViT")
         check_image_input(x, self.in_chans, STEM_STRIDE, "SHViT")
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        stages = self.stages[:max_index + 1] if stop_early else self.stages
-        intermediates = []
-        x = self.stem(x)
-        for index, stage in enumerate(stages):
-            x = stage(x)
-            if index in take_indices:
-                intermediates.append(x)
-        if intermediates_only:
-            return intermediates
-        return x, intermediates
+        x, intermediates = run_stages(self.stages, self.stem(x), indices, stop_early)
+        return intermediates if intermediates_only else (x, intermediates)
 
     def prune_intermediate_layers(
         self,
@@ -248,9 +236,8 @@ class Shvit(nn.Module):
         prune_head: bool = True,
     ) -> list[int]:
         """Drop the stages after the last requested feature (and the head, which no longer fits them)."""
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        pruned_end = max_index < len(self.stages) - 1
-        self.stages = self.stages[:max_index + 1]
+        take_indices, max_index = prune_stages(self, indices)
+        pruned_end = max_index < len(self.feature_info) - 1
         if pruned_end:
             self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
         if prune_head or pruned_end:

@@ -17,12 +17,12 @@ from collections.abc import Mapping
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
-from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 from torch import nn
 
 from visionzoo.layers.aggregated_attention import AggregatedAttention, LengthScaledCosineAttention
 from visionzoo.layers.checks import check_image_input
+from visionzoo.layers.stages import check_nchw_only, prune_stages, run_stages
 from visionzoo.layers.conv_glu import ConvGlu
 from visionzoo.layers.drop import DropPath
 from visionzoo.models._checkpoint import _unwrap as unwrap_state_dict
@@ -252,26 +252,16 @@ class TransNeXt(nn.Module):
         intermediates_only: bool = False,
     ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
         """Stage outputs (each already through its stage LayerNorm, so ``norm`` changes nothing)."""
-        if output_fmt != "NCHW":
-            raise ValueError(f"TransNeXt returns intermediates as NCHW only, got output_fmt={output_fmt!r}")
+        check_nchw_only(output_fmt, "TransNeXt")
         self._check_input(x)
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        stages = self.stages[:max_index + 1] if stop_early else self.stages
-        intermediates = []
-        for index, stage in enumerate(stages):
-            x = stage(x)
-            if index in take_indices:
-                intermediates.append(x)
-        if intermediates_only:
-            return intermediates
-        return x, intermediates
+        x, intermediates = run_stages(self.stages, x, indices, stop_early)
+        return intermediates if intermediates_only else (x, intermediates)
 
     def prune_intermediate_layers(
         self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
     ) -> list[int]:
         """Drop the stages after the last wanted intermediate (stage norms stay: they make the outputs)."""
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        self.stages = self.stages[:max_index + 1]
+        take_indices, _ = prune_stages(self, indices)
         if prune_head:
             self.reset_classifier(0, "")
         return take_indices
