@@ -4,7 +4,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from visionzoo.ops.gpsa import gated_positional_attention, gpsa_reference, relative_position_features
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from visionzoo.ops.gpsa import (
+    flush_subnormals,
+    gated_positional_attention,
+    gpsa_reference,
+    relative_position_features,
+)
 
 
 def _inputs(batch, heads, height, width, head_dim, value_dim, seed, dtype=torch.float64):
@@ -95,3 +102,46 @@ def test_relative_position_features_match_timm_on_square_grids():
     for side in (1, 4, 14):
         expected = GPSA(8, num_heads=2).get_rel_indices(side * side)[0]
         assert torch.equal(relative_position_features(side, side), expected)
+
+
+
+class RecordMatmulOperands(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.operands: list[torch.Tensor] = []
+
+    def __torch_dispatch__(self, function, types, args=(), kwargs=None):
+        if function in (torch.ops.aten.bmm.default, torch.ops.aten.mm.default):
+            self.operands.extend(arg for arg in args if isinstance(arg, torch.Tensor))
+        return function(*args, **(kwargs or {}))
+
+
+def _has_subnormals(tensor: torch.Tensor) -> bool:
+    return bool(((tensor != 0) & (tensor.abs() < torch.finfo(tensor.dtype).tiny)).any())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fast_path_hands_its_matmuls_no_subnormal_weight(dtype):
+    # Two ConViT-style local heads on a 14x14 grid: their positional softmax underflows to subnormals far from the
+    # centre, which x86 matmuls run an order of magnitude slower on.
+    features = relative_position_features(14, 14, dtype=torch.float64)
+    local_heads = torch.tensor([[0.0, 0.0, -1.0], [2.0, -2.0, -1.0]], dtype=torch.float64)
+    pos_logits = torch.einsum("nmf,hf->hnm", features, local_heads).to(dtype)
+    assert _has_subnormals(pos_logits.softmax(dim=-1)), "the case must produce subnormal weights"
+    q, k, v, _, gating = _inputs(2, 2, 14, 14, 4, 4, seed=3, dtype=dtype)
+    recorder = RecordMatmulOperands()
+    with recorder:
+        out = gated_positional_attention(q, k, v, pos_logits, gating, backend="sdpa_split")
+    assert recorder.operands, "the positional product should run as a matmul"
+    assert not any(_has_subnormals(operand) for operand in recorder.operands)
+    expected = gpsa_reference(q.double(), k.double(), v.double(), pos_logits.double(), gating.double())
+    tolerance = 2e-2 if dtype == torch.bfloat16 else 1e-5
+    torch.testing.assert_close(out.double(), expected, rtol=tolerance, atol=tolerance)
+
+
+def test_flush_subnormals_zeroes_only_subnormals_and_leaves_float16():
+    tiny = torch.finfo(torch.float32).tiny
+    values = torch.tensor([tiny / 4, -tiny / 4, tiny, -tiny, 0.5, 0.0])
+    assert flush_subnormals(values).tolist() == [0.0, 0.0, tiny, -tiny, 0.5, 0.0]
+    half = torch.tensor([1e-6, 0.5], dtype=torch.float16)
+    assert torch.equal(flush_subnormals(half), half)
