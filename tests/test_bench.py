@@ -22,7 +22,8 @@ from visionzoo.bench.cli import add_bench_parser, default_model_set
 from visionzoo.bench.flops import count_macs, count_params, count_train_macs
 from visionzoo.bench.machine import measure_matmul_peak
 from visionzoo.bench.memory import peak_memory_mb
-from visionzoo.bench.runner import BenchArgumentError, BenchSettings
+from visionzoo.bench.runner import BenchArgumentError, BenchSettings, train_step_fn
+from visionzoo.bench.runtimes import torch_runtime
 from visionzoo.bench.suite import run_suite
 from visionzoo.bench.timing import Schedule, WallTimer, measure, measure_alternating, summarize
 from visionzoo.bench.vs import perturb_parameters, speed_ratio, summarize_pair
@@ -239,10 +240,33 @@ def test_bf16_autocast_and_channels_last_run_on_the_cpu(tiny_card):
 
 
 @pytest.mark.slow
-def test_compile_runs_on_the_cpu(tiny_card):
-    settings = BenchSettings(batch_size=2, compile=True, train=False, schedule=Schedule(warmup=1, iters=1))
+@pytest.mark.parametrize("deploy", [False, True])
+def test_compile_runs_on_the_cpu(tiny_card, deploy):
+    settings = BenchSettings(batch_size=2, compile=True, deploy=deploy, train=False,
+                             schedule=Schedule(warmup=1, iters=1))
     doc = run_suite([ZOO_NAME], settings, timer=ScriptedTimer(), matmul_size=16, progress=False)
     assert doc["results"][0]["error"] is None and doc["settings"]["compile"] is True
+    assert ("weights frozen" in report.header_lines(doc)[1]) is deploy
+
+
+def test_compile_freezes_the_weights_of_the_deploy_form_only(monkeypatch):
+    # Freezing lets inductor treat weights as constants (prepacked, with bias and activation fused), which is
+    # only valid for a model whose weights never change: the --deploy form, never the trained one.
+    freezing_at_call = []
+
+    def record_compile(model):
+        def compiled(*args):
+            freezing_at_call.append(torch._inductor.config.freezing)
+            return model(*args)
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", record_compile)
+    images = torch.randn(2, 3, 8, 8)
+    for deploy in (True, False):
+        torch_runtime(TinyAttentionNet(), BenchSettings(compile=True, deploy=deploy), [])(images)
+    train_step_fn(TinyAttentionNet(), BenchSettings(compile=True, deploy=True), images)()
+    assert freezing_at_call == [True, False, False]
+    assert torch._inductor.config.freezing is False
 
 
 def test_vs_timm_copies_weights_checks_outputs_and_reports_the_ratio(tiny_card):

@@ -124,6 +124,8 @@ def header_lines(doc: dict) -> list[str]:
     timing = (f"{settings['time_budget_s']} s per measurement" if settings.get("time_budget_s")
               else f"{settings['iters']} timed iterations")
     flags = [flag for flag in ("channels_last", "compile", "deploy") if settings.get(flag)]
+    if settings.get("compile") and settings.get("deploy"):
+        flags[flags.index("compile")] = "compile (inductor, weights frozen)"
     compared = any(record.get("vs") for record in doc["results"])
     return [
         f"Device: {machine['device_name']} ({machine['device']}), {machine['torch_threads']} torch threads of "

@@ -26,6 +26,7 @@ class InferenceSettings(Protocol):
     dtype: str
     channels_last: bool
     compile: bool
+    deploy: bool
 
 
 Infer = Callable[[torch.Tensor], object]
@@ -79,12 +80,34 @@ def autocast_for(device: str, dtype: str) -> contextlib.AbstractContextManager:
     return torch.autocast(device_type=torch.device(device).type, dtype=low)
 
 
+def compile_for_inference(model: nn.Module, frozen: bool) -> Callable[[torch.Tensor], object]:
+    """``torch.compile`` for inference; ``frozen`` (the deploy form) also turns on inductor's weight freezing.
+
+    A frozen model's weights are constants to the compiler, so on the CPU it prepacks them (MKL / oneDNN) and
+    fuses BatchNorm, bias and activations into the conv kernels. That is only valid for weights that never change,
+    which is what ``--deploy`` promises; the training step is compiled without it. Inductor reads ``freezing``
+    from its global config when a call compiles (``torch.compile(options=...)`` does not reach it), so each call
+    runs under the patch and recompiles see it too.
+    """
+    import torch._inductor.config as inductor_config
+
+    compiled = torch.compile(model)
+    if not frozen:
+        return compiled
+
+    def run_frozen(images: torch.Tensor) -> object:
+        with inductor_config.patch(freezing=True):
+            return compiled(images)
+
+    return run_frozen
+
+
 @register_runtime("torch")
 def torch_runtime(model: nn.Module, settings: InferenceSettings, shapes: Sequence[Shape] = ()) -> Infer:
     model = model.eval().to(torch.device(settings.device))
     if settings.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    runnable = torch.compile(model) if settings.compile else model
+    runnable = compile_for_inference(model, frozen=settings.deploy) if settings.compile else model
 
     def infer(images: torch.Tensor) -> object:
         with torch.inference_mode(), autocast_for(settings.device, settings.dtype):
