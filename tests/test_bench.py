@@ -22,12 +22,13 @@ from visionzoo.bench.cli import add_bench_parser, default_model_set
 from visionzoo.bench.flops import count_macs, count_params, count_train_macs
 from visionzoo.bench.machine import measure_matmul_peak
 from visionzoo.bench.memory import peak_memory_mb
-from visionzoo.bench.runner import BenchArgumentError, BenchSettings, train_step_fn
+from visionzoo.bench.runner import BenchArgumentError, BenchSettings, benchmark_model, train_step_fn
 from visionzoo.bench.runtimes import torch_runtime
 from visionzoo.bench.suite import run_suite
 from visionzoo.bench.timing import Schedule, WallTimer, measure, measure_alternating, summarize
 from visionzoo.bench.vs import perturb_parameters, speed_ratio, summarize_pair
 from visionzoo.layers.fuse import fuse_model
+from visionzoo.ops import REFERENCE, use_backend
 
 HAVE_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
 ZOO_NAME = "vz_benchtest_tiny"
@@ -247,6 +248,19 @@ def test_compile_runs_on_the_cpu(tiny_card, deploy):
     doc = run_suite([ZOO_NAME], settings, timer=ScriptedTimer(), matmul_size=16, progress=False)
     assert doc["results"][0]["error"] is None and doc["settings"]["compile"] is True
     assert ("weights frozen" in report.header_lines(doc)[1]) is deploy
+
+
+def test_macs_and_efficiency_count_the_models_math_not_a_fast_paths_extra_work():
+    # ConViT's split GPSA backend adds a positional matmul that the reference (one mixed map) does not need.
+    settings = BenchSettings(batch_size=1, img_size=64, deploy=True, schedule=Schedule(warmup=0, iters=1))
+    record = benchmark_model("vz_convit_tiny", settings, ScriptedTimer(seconds=0.5), peak_gflops=100.0)
+    model = timm.create_model("vz_convit_tiny").eval()
+    with use_backend(REFERENCE):
+        reference = count_macs(model, (3, 64, 64)), count_train_macs(model, (3, 64, 64))
+    fast = count_macs(model, (3, 64, 64))
+    assert fast > reference[0]
+    assert (record["gmacs"], record["train_gmacs"]) == (reference[0] / 1e9, reference[1] / 1e9)
+    assert record["efficiency"]["infer"]["gflops"] == pytest.approx(2 * reference[0] * 2.0 / 1e9)
 
 
 def test_compile_freezes_the_weights_of_the_deploy_form_only(monkeypatch):

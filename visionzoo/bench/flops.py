@@ -21,7 +21,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 FLOP_COUNTER_NOTE = (
     "torch.utils.flop_counter counts matmul, conv and scaled-dot-product/flex attention (forward and backward) and "
-    "deformable convs (forward, as plain convs); elementwise ops, norms, softmax, pooling and FFTs are not counted."
+    "deformable convs (forward, as plain convs); elementwise ops, norms, softmax, pooling and FFTs are not counted. "
+    "The benchmark counts each op's reference implementation, the model's math, not the extra work of a fast path."
 )
 
 _aten = torch.ops.aten

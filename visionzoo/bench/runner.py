@@ -16,6 +16,7 @@ from visionzoo.bench.runtimes import EXPORT_FORMAT, autocast_for, available_runt
 from visionzoo.bench.timing import Schedule, Timer, measure, summarize
 from visionzoo.layers.fuse import fuse_model
 from visionzoo.models._cards import CARDS_DIR, variant_card
+from visionzoo.ops import REFERENCE, use_backend
 
 DEFAULT_BATCH_SIZE = {"cpu": 32, "cuda": 256}
 
@@ -162,8 +163,11 @@ def benchmark_model(name: str, settings: BenchSettings, timer: Timer, peak_gflop
     input_size = input_size_of(model, settings.img_size)
     inference_model = deploy_form(model, settings)
     on_phase("count")
-    macs = count_macs(inference_model, input_size)
-    train_macs = count_train_macs(model, input_size) if settings.train else None
+    # The model's math, as its ops' reference implementations compute it: a fast backend that spends extra
+    # multiplies to run faster (ConViT's split GPSA, HaloNet's full offset tables) must not count them as work.
+    with use_backend(REFERENCE):
+        macs = count_macs(inference_model, input_size)
+        train_macs = count_train_macs(model, input_size) if settings.train else None
     batch_shape, single_shape = (settings.batch_size, *input_size), (1, *input_size)
     on_phase("runtime")
     infer = get_runtime(settings.runtime)(inference_model, settings, [batch_shape, single_shape])
