@@ -290,6 +290,13 @@ def test_vs_timm_copies_weights_checks_outputs_and_reports_the_ratio(tiny_card):
     assert vs["status"] == "ok" and vs["against"] == TIMM_NAME and vs["kind"] == "timm_pair"
     assert vs["max_abs_diff"] <= 1e-6 and vs["speed_ratio"] == pytest.approx(1.0)
     assert "model" not in vs  # the reference module is not part of the record
+    # timm's efficiency by the same measure: its own MAC count at its img/s in the alternating run.
+    timm_macs = count_macs(TinyTimmLayout(), tuple(doc["results"][0]["input_size"]))
+    assert vs["other_gmacs"] == timm_macs / 1e9
+    expected_gflops = 2 * timm_macs * vs["other_img_per_s"] / 1e9
+    assert vs["other_efficiency"]["gflops"] == pytest.approx(expected_gflops)
+    assert vs["other_efficiency"]["fraction_of_peak"] == pytest.approx(expected_gflops / doc["peak"]["gflops"])
+    assert report.format_markdown(doc).splitlines()[0].endswith("| vs | vs eff. |")
     json.dumps(doc)
 
 

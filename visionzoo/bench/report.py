@@ -104,6 +104,7 @@ COLUMNS: list[tuple[str, Callable[[dict], str]]] = [
     ("eff.", lambda r: _percent(_get(r, "efficiency", "infer", "fraction_of_peak"))),
     ("train eff.", lambda r: _percent(_get(r, "efficiency", "train", "fraction_of_peak"))),
     ("vs", _vs_cell),
+    ("vs eff.", lambda r: _percent(_get(r, "vs", "other_efficiency", "fraction_of_peak"))),
 ]
 
 CSV_FIELDS: dict[str, tuple[str, ...]] = {
@@ -114,7 +115,8 @@ CSV_FIELDS: dict[str, tuple[str, ...]] = {
     "train_img_per_s": ("train", "img_per_s"), "mem_infer_mb": ("memory", "infer", "mb"),
     "mem_train_mb": ("memory", "train", "mb"), "efficiency_infer": ("efficiency", "infer", "fraction_of_peak"),
     "efficiency_train": ("efficiency", "train", "fraction_of_peak"), "vs_against": ("vs", "against"),
-    "vs_status": ("vs", "status"), "vs_speed_ratio": ("vs", "speed_ratio"), "error": ("error",),
+    "vs_status": ("vs", "status"), "vs_speed_ratio": ("vs", "speed_ratio"),
+    "vs_efficiency_infer": ("vs", "other_efficiency", "fraction_of_peak"), "error": ("error",),
 }
 
 
@@ -138,7 +140,8 @@ def header_lines(doc: dict) -> list[str]:
         "efficiency = model GFLOP/s (2 × MACs × img/s) / peak.",
         f"MACs: {doc['notes']['macs']}",
         *(["vs: our img/s ÷ the other implementation's at the same batch, timed alternately (> 1: ours is faster); "
-           "timm pairs share weights and their outputs are checked first."] if compared else []),
+           "timm pairs share weights and their outputs are checked first. vs eff.: the other's efficiency from "
+           "its img/s in that run."] if compared else []),
         *_exported_runtime_lines(doc),
     ]
 

@@ -10,19 +10,20 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from visionzoo.bench.flops import FLOP_COUNTER_NOTE
+from visionzoo.bench.flops import FLOP_COUNTER_NOTE, count_macs
 from visionzoo.bench.machine import DTYPES, machine_info, measure_matmul_peak, pin_threads
 from visionzoo.bench.memory import MEMORY_NOTE
-from visionzoo.bench.runner import BenchSettings, benchmark_model, card_of, input_size_of
+from visionzoo.bench.runner import BenchSettings, benchmark_model, card_of, efficiency_of, input_size_of
 from visionzoo.bench.timing import Schedule, Timer, timer_for
 from visionzoo.bench.vs import TIMM, pair_with_timm, time_side_by_side
+from visionzoo.ops import REFERENCE, use_backend
 
 SCHEMA = "visionzoo.bench/1"
 PHASES = ("build", "count", "runtime", "memory", "throughput", "latency", "train", "vs")
 
 
-def _time_against(zoo_model: nn.Module, settings: BenchSettings, timer: Timer, vs: str, pair: dict | None,
-                  build_other: Callable[[str], nn.Module]) -> dict:
+def _time_against(zoo_model: nn.Module, settings: BenchSettings, timer: Timer, peak_gflops: float, vs: str,
+                  pair: dict | None, build_other: Callable[[str], nn.Module]) -> dict:
     zoo_size = input_size_of(zoo_model, settings.img_size)
     if pair is not None:
         other = pair.pop("model")
@@ -31,7 +32,12 @@ def _time_against(zoo_model: nn.Module, settings: BenchSettings, timer: Timer, v
         other = build_other(vs)
         other_size = input_size_of(other, settings.img_size)
         pair = {"against": vs, "kind": "baseline"}
-    return {**pair, **time_side_by_side(zoo_model, other, settings, timer, zoo_size, other_size)}
+    with use_backend(REFERENCE):  # counted as our own models are, should the other be a zoo model
+        other_macs = count_macs(other, other_size)
+    timed = time_side_by_side(zoo_model, other, settings, timer, zoo_size, other_size)
+    # The other model's efficiency by the same measure, from its img/s in the alternating run.
+    return {**pair, **timed, "other_gmacs": other_macs / 1e9,
+            "other_efficiency": efficiency_of(other_macs, timed["other_img_per_s"], peak_gflops)}
 
 
 def benchmark_one(name: str, settings: BenchSettings, timer: Timer, peak_gflops: float, vs: str | None,
@@ -57,16 +63,16 @@ def benchmark_one(name: str, settings: BenchSettings, timer: Timer, peak_gflops:
     if vs is not None:
         on_phase("vs")
         record["vs"] = pair if pair is not None and "status" in pair else _side_by_side_or_why_not(
-            built["model"], settings, timer, vs, pair, build_other)
+            built["model"], settings, timer, peak_gflops, vs, pair, build_other)
     return record
 
 
-def _side_by_side_or_why_not(zoo_model: nn.Module, settings: BenchSettings, timer: Timer, vs: str,
-                             pair: dict | None, build_other: Callable[[str], nn.Module]) -> dict:
+def _side_by_side_or_why_not(zoo_model: nn.Module, settings: BenchSettings, timer: Timer, peak_gflops: float,
+                             vs: str, pair: dict | None, build_other: Callable[[str], nn.Module]) -> dict:
     """The comparison's record; if the other model cannot run (e.g. a fixed input size), why, without losing ours."""
     against = pair["against"] if pair else vs
     try:
-        return _time_against(zoo_model, settings, timer, vs, pair, build_other)
+        return _time_against(zoo_model, settings, timer, peak_gflops, vs, pair, build_other)
     except Exception as error:  # noqa: BLE001  (the zoo model's own figures are already measured)
         return {"against": against, "kind": "timm_pair" if pair else "baseline", "status": "error",
                 "message": f"timing {against} failed: {type(error).__name__}: {error}"}
