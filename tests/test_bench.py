@@ -266,9 +266,11 @@ def test_macs_and_efficiency_count_the_models_math_not_a_fast_paths_extra_work()
 def test_compile_freezes_the_weights_of_the_deploy_form_only(monkeypatch):
     # Freezing lets inductor treat weights as constants (prepacked, with bias and activation fused), which is
     # only valid for a model whose weights never change: the --deploy form, never the trained one.
-    freezing_at_call = []
+    freezing_at_call, dynamic_at_compile = [], []
 
-    def record_compile(model):
+    def record_compile(model, dynamic=None):
+        dynamic_at_compile.append(dynamic)
+
         def compiled(*args):
             freezing_at_call.append(torch._inductor.config.freezing)
             return model(*args)
@@ -280,6 +282,7 @@ def test_compile_freezes_the_weights_of_the_deploy_form_only(monkeypatch):
         torch_runtime(TinyAttentionNet(), BenchSettings(compile=True, deploy=deploy), [])(images)
     train_step_fn(TinyAttentionNet(), BenchSettings(compile=True, deploy=True), images)()
     assert freezing_at_call == [True, False, False]
+    assert dynamic_at_compile[:2] == [False, False]  # each timed shape gets its own static graph
     assert torch._inductor.config.freezing is False
 
 

@@ -87,11 +87,13 @@ def compile_for_inference(model: nn.Module, frozen: bool) -> Callable[[torch.Ten
     fuses BatchNorm, bias and activations into the conv kernels. That is only valid for weights that never change,
     which is what ``--deploy`` promises; the training step is compiled without it. Inductor reads ``freezing``
     from its global config when a call compiles (``torch.compile(options=...)`` does not reach it), so each call
-    runs under the patch and recompiles see it too.
+    runs under the patch and recompiles see it too. Shapes stay static: each timed shape (the batch, batch 1) gets
+    its own specialised graph, as each gets its own exported program, instead of the batch-1 call turning the
+    batch dimension dynamic for every later call.
     """
     import torch._inductor.config as inductor_config
 
-    compiled = torch.compile(model)
+    compiled = torch.compile(model, dynamic=False)
     if not frozen:
         return compiled
 
