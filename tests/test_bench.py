@@ -190,6 +190,17 @@ def test_macs_count_conv_linear_and_cpu_sdpa():
     assert count_params(fuse_model(model)) == count_params(model) - 2 * WIDTH + WIDTH  # BN folded into a bias
 
 
+def test_macs_count_in_place_batched_matmuls():
+    class AccumulateInPlace(nn.Module):
+        pretrained_cfg: dict = {}
+
+        def forward(self, x):
+            logits = torch.zeros(x.shape[0], 6, 7)
+            return logits.baddbmm_(x, torch.ones(x.shape[0], 5, 7))
+
+    assert count_macs(AccumulateInPlace(), (6, 5), batch_size=3) == 3 * 6 * 5 * 7
+
+
 @pytest.mark.parametrize("groups", [1, 4, 16])
 def test_train_macs_price_each_conv_gradient_like_the_forward(groups):
     conv = nn.Conv2d(16, 16, 3, padding=1, groups=groups, bias=False)
@@ -301,6 +312,13 @@ def test_vs_timm_copies_weights_checks_outputs_and_reports_the_ratio(tiny_card):
     assert vs["other_efficiency"]["fraction_of_peak"] == pytest.approx(expected_gflops / doc["peak"]["gflops"])
     assert report.format_markdown(doc).splitlines()[0].endswith("| vs | vs eff. |")
     json.dumps(doc)
+
+
+def test_tables_leave_out_the_comparison_columns_when_nothing_was_compared(tiny_card):
+    doc = run_suite([ZOO_NAME], TINY, timer=ScriptedTimer(), matmul_size=16, progress=False)
+    header, _, row = report.format_markdown(doc).splitlines()[:3]
+    assert header.endswith("| eff. | train eff. |") and "vs" not in header
+    assert header.count("|") == row.count("|")
 
 
 def test_vs_timm_mismatch_aborts_the_pair_with_a_clear_message(tiny_card, monkeypatch):

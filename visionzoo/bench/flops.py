@@ -3,8 +3,10 @@
 FlopCounterMode counts the FLOPs of matmul-like ops (mm, bmm, addmm, baddbmm, convolution, scaled dot-product
 attention, flex attention, and their backward ops); we report MACs = FLOPs / 2, the unit most papers quote.
 Elementwise ops, normalisation, softmax, pooling and FFTs are not counted, so ops dominated by those read low.
-``FORMULA_FIXES`` completes torch's table: SDPA's CPU kernel (``_scaled_dot_product_flash_attention_for_cpu``, what
-``F.scaled_dot_product_attention`` runs on the CPU, and its backward) counted like the GPU kernels; torchvision's
+``FORMULA_FIXES`` completes torch's table: the in-place ``baddbmm_``, which torch leaves out (HaloNet's fast path
+accumulates its content logits with it and read about 15% low); SDPA's CPU kernel
+(``_scaled_dot_product_flash_attention_for_cpu``, what ``F.scaled_dot_product_attention`` runs on the CPU, and its
+backward) counted like the GPU kernels; torchvision's
 deformable convolution, counted like the plain conv of its weight (one MAC per weight use per output position; the
 bilinear sampling and its backward are not counted); and the weight gradient of a grouped convolution, which
 torch prices as a dense one.
@@ -37,6 +39,11 @@ def _cpu_sdpa_backward_flops(grad_out_shape, query_shape, key_shape, value_shape
     return flop_counter.sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
 
 
+def _baddbmm_flops(self_shape, batch1_shape, batch2_shape, *args, out_shape=None, **kwargs) -> int:
+    batch, rows, inner = batch1_shape
+    return 2 * batch * rows * inner * batch2_shape[-1]
+
+
 def _deform_conv2d_flops(input_shape, weight_shape, *args, out_shape=None, **kwargs) -> int:
     _, in_chs_per_group, kernel_h, kernel_w = weight_shape
     output_elements = 1
@@ -58,6 +65,7 @@ FORMULA_FIXES = {
     _aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flops,
     _aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_sdpa_backward_flops,
     _aten.convolution_backward: _conv_backward_flops,
+    _aten.baddbmm_: _baddbmm_flops,
     torch.ops.torchvision.deform_conv2d: _deform_conv2d_flops,
 }
 

@@ -157,8 +157,18 @@ def _exported_runtime_lines(doc: dict) -> list[str]:
             f"PyTorch first: max relative error {worst:.1e} over {len(programs)} programs."]
 
 
+VS_COLUMNS = ("vs", "vs eff.")
+
+
+def table_columns(doc: dict) -> list[tuple[str, Callable[[dict], str]]]:
+    """The table's columns; the comparison ones only when the run compared against something."""
+    compared = any(record.get("vs") for record in doc["results"])
+    return [column for column in COLUMNS if compared or column[0] not in VS_COLUMNS]
+
+
 def table_rows(doc: dict) -> list[list[str]]:
-    return [[cell(record) for _, cell in COLUMNS] for record in doc["results"] if not record.get("error")]
+    columns = table_columns(doc)
+    return [[cell(record) for _, cell in columns] for record in doc["results"] if not record.get("error")]
 
 
 def failure_lines(doc: dict) -> list[str]:
@@ -166,7 +176,7 @@ def failure_lines(doc: dict) -> list[str]:
 
 
 def format_console(doc: dict) -> str:
-    headers = [header for header, _ in COLUMNS]
+    headers = [header for header, _ in table_columns(doc)]
     rows = table_rows(doc)
     widths = [max(len(cells[i]) for cells in (headers, *rows)) for i in range(len(headers))]
 
@@ -178,7 +188,7 @@ def format_console(doc: dict) -> str:
 
 
 def format_markdown(doc: dict) -> str:
-    headers = [header for header, _ in COLUMNS]
+    headers = [header for header, _ in table_columns(doc)]
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in table_rows(doc)]
     lines += [f"\n{line}" for line in failure_lines(doc)]
