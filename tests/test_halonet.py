@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from visionzoo.layers.halo import HaloAttention
 from visionzoo.models._cards import variant_card
 from visionzoo.models.halonet import MODEL_CFGS, checkpoint_filter_fn
+from visionzoo.ops import halo as halo_ops
 from visionzoo.ops.halo import halo_attention
 
 TIMM_NAMES = {
@@ -70,6 +71,27 @@ def test_halo_fast_matches_reference(
     assert torch.isfinite(reference).all()
     for backend in halo_attention.backends:
         torch.testing.assert_close(halo_attention(**inputs, backend=backend), reference, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 3000])
+@pytest.mark.parametrize("height, width, stride", [(16, 24, 1), (13, 22, 1), (12, 20, 2)])
+def test_cache_chunked_blocks_compute_the_reference_and_its_gradients(monkeypatch, chunk_bytes, height, width,
+                                                                       stride):
+    # 1 byte: one block a chunk; 3000 bytes: chunks of a few blocks that do not divide the count evenly.
+    # (13, 22) needs block padding, so the per-block key mask must follow the rows of every chunk.
+    monkeypatch.setattr(halo_ops, "CPU_CHUNK_BYTES", chunk_bytes)
+    inputs = _halo_inputs(2, 3, 4, 6, height, width, 4, 1, stride, seed=5)
+    leaves = {name: value.requires_grad_() for name, value in inputs.items() if isinstance(value, torch.Tensor)}
+    blocks = 2 * 3 * -(-height // 4) * -(-width // 4)
+    assert halo_ops._blocks_per_cache_chunk((4 // stride) ** 2 * 36 * 4) < blocks, "the case must chunk"
+    chunked = halo_attention(**inputs, backend="blocked_bmm")
+    reference = halo_attention(**inputs, backend="reference")
+    torch.testing.assert_close(chunked, reference, rtol=1e-5, atol=1e-5)
+    weights = torch.randn_like(reference)
+    chunked_grads = torch.autograd.grad((chunked * weights).sum(), list(leaves.values()))
+    reference_grads = torch.autograd.grad((reference * weights).sum(), list(leaves.values()))
+    for name, got, expected in zip(leaves, chunked_grads, reference_grads):
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5, msg=f"gradient of {name}")
 
 
 def test_halo_reference_matches_direct_formula():
