@@ -75,8 +75,7 @@ def test_halo_fast_matches_reference(
 
 @pytest.mark.parametrize("chunk_bytes", [1, 3000])
 @pytest.mark.parametrize("height, width, stride", [(16, 24, 1), (13, 22, 1), (12, 20, 2)])
-def test_cache_chunked_blocks_compute_the_reference_and_its_gradients(monkeypatch, chunk_bytes, height, width,
-                                                                       stride):
+def test_cache_chunked_inference_computes_the_reference(monkeypatch, chunk_bytes, height, width, stride):
     # 1 byte: one block a chunk; 3000 bytes: chunks of a few blocks that do not divide the count evenly.
     # (13, 22) needs block padding, so the per-block key mask must follow the rows of every chunk.
     monkeypatch.setattr(halo_ops, "CPU_CHUNK_BYTES", chunk_bytes)
@@ -84,14 +83,23 @@ def test_cache_chunked_blocks_compute_the_reference_and_its_gradients(monkeypatc
     leaves = {name: value.requires_grad_() for name, value in inputs.items() if isinstance(value, torch.Tensor)}
     blocks = 2 * 3 * -(-height // 4) * -(-width // 4)
     assert halo_ops._blocks_per_cache_chunk((4 // stride) ** 2 * 36 * 4) < blocks, "the case must chunk"
-    chunked = halo_attention(**inputs, backend="blocked_bmm")
+    cat_calls = []
+    real_cat = torch.cat
+    monkeypatch.setattr(torch, "cat", lambda tensors, *args, **kwargs: cat_calls.append(len(tensors)) or real_cat(
+        tensors, *args, **kwargs))
     reference = halo_attention(**inputs, backend="reference")
-    torch.testing.assert_close(chunked, reference, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        torch.testing.assert_close(halo_attention(**inputs, backend="blocked_bmm"), reference, rtol=1e-5, atol=1e-5)
+    assert cat_calls and cat_calls[-1] > 1, "inference should run in chunks"
+    # Under autograd the op runs whole (the chunks' backward costs more than the cache saves) and stays exact.
+    cat_calls.clear()
+    recorded = halo_attention(**inputs, backend="blocked_bmm")
+    assert not cat_calls
     weights = torch.randn_like(reference)
-    chunked_grads = torch.autograd.grad((chunked * weights).sum(), list(leaves.values()))
-    reference_grads = torch.autograd.grad((reference * weights).sum(), list(leaves.values()))
-    for name, got, expected in zip(leaves, chunked_grads, reference_grads):
-        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5, msg=f"gradient of {name}")
+    got = torch.autograd.grad((recorded * weights).sum(), list(leaves.values()))
+    expected = torch.autograd.grad((reference * weights).sum(), list(leaves.values()))
+    for name, got_grad, expected_grad in zip(leaves, got, expected):
+        torch.testing.assert_close(got_grad, expected_grad, rtol=1e-4, atol=1e-5, msg=f"gradient of {name}")
 
 
 def test_halo_reference_matches_direct_formula():

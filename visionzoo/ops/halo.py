@@ -225,7 +225,9 @@ def _blocks_per_cache_chunk(logit_bytes_per_block: int) -> int:
     The logits of small heads are large next to their arithmetic (HaloNet-H1: 8 channels per head, 64 × 196
     logits a block), so on the CPU the add, softmax and matmul passes over them are bound by memory bandwidth.
     Run in chunks of about a megabyte, they stay in the cache between passes: 1.6-2x faster on the 2-core CI
-    machine for H1's first stage (8192 blocks). Compilers fuse the passes instead, and GPUs want one launch.
+    machine for H1's first stage (8192 blocks). Inference only: under autograd the chunks' many small backward
+    ops cost more than the cache saves (HaloNet-H0's training step: 1.9 -> 1.3 img/s). Compilers fuse the passes
+    instead, and GPUs want one launch.
     """
     return max(1, CPU_CHUNK_BYTES // logit_bytes_per_block)
 
@@ -278,7 +280,9 @@ def _halo_attention_bmm(
 
     total = queries.shape[0]
     chunk = _blocks_per_cache_chunk(bq * bq * win * win * q.element_size())
-    if q.device.type == "cpu" and not exporting and not torch.compiler.is_compiling() and chunk < total:
+    recording = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, height_rel, width_rel))
+    if (q.device.type == "cpu" and not recording and not exporting and not torch.compiler.is_compiling()
+            and chunk < total):
         out = torch.cat([attend(slice(start, start + chunk)) for start in range(0, total, chunk)])
     else:
         out = attend(slice(None))
