@@ -3,7 +3,6 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from visionzoo.ops.gpsa import (
@@ -102,7 +101,6 @@ def test_relative_position_features_match_timm_on_square_grids():
     for side in (1, 4, 14):
         expected = GPSA(8, num_heads=2).get_rel_indices(side * side)[0]
         assert torch.equal(relative_position_features(side, side), expected)
-
 
 
 class RecordMatmulOperands(TorchDispatchMode):

@@ -128,7 +128,7 @@ def header_lines(doc: dict) -> list[str]:
     flags = [flag for flag in ("channels_last", "compile", "deploy") if settings.get(flag)]
     if settings.get("compile") and settings.get("deploy"):
         flags[flags.index("compile")] = "compile (inductor, weights frozen)"
-    compared = any(record.get("vs") for record in doc["results"])
+    compared = _compared(doc)
     return [
         f"Device: {machine['device_name']} ({machine['device']}), {machine['torch_threads']} torch threads of "
         f"{machine['usable_cores']} usable cores; torch {machine['torch']}, timm {machine['timm']}, "
@@ -160,9 +160,13 @@ def _exported_runtime_lines(doc: dict) -> list[str]:
 VS_COLUMNS = ("vs", "vs eff.")
 
 
+def _compared(doc: dict) -> bool:
+    return any(record.get("vs") for record in doc["results"])
+
+
 def table_columns(doc: dict) -> list[tuple[str, Callable[[dict], str]]]:
     """The table's columns; the comparison ones only when the run compared against something."""
-    compared = any(record.get("vs") for record in doc["results"])
+    compared = _compared(doc)
     return [column for column in COLUMNS if compared or column[0] not in VS_COLUMNS]
 
 
