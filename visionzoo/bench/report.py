@@ -136,7 +136,7 @@ def header_lines(doc: dict) -> list[str]:
         f"Settings: {settings['dtype']}, batch {settings['batch_size']}, {size}, runtime {settings['runtime']}"
         f"{', ' + ', '.join(flags) if flags else ''}; {settings['warmup']} warm-up call(s), {timing}; "
         "medians, ± = (p90 − p10) / median.",
-        f"Peak: {peak['gflops']:.1f} GFLOP/s ({peak['dtype']} {peak['matmul_size']}² matmul, median); "
+        f"Peak: {peak['gflops']:.1f} GFLOP/s ({peak['dtype']} {peak['matmul_size']}² matmul, median{_peak_source(peak)}); "
         "efficiency = model GFLOP/s (2 × MACs × img/s) / peak.",
         f"MACs: {doc['notes']['macs']}",
         *(["vs: our img/s ÷ the other implementation's at the same batch, timed alternately (> 1: ours is faster); "
@@ -144,6 +144,12 @@ def header_lines(doc: dict) -> list[str]:
            "its img/s in that run."] if compared else []),
         *_exported_runtime_lines(doc),
     ]
+
+
+def _peak_source(peak: dict) -> str:
+    if "at_start_gflops" not in peak:  # results written before the peak was measured at both ends of the run
+        return ""
+    return f"; the higher of the run's start {peak['at_start_gflops']:.1f}, end {peak['at_end_gflops']:.1f}"
 
 
 def _exported_runtime_lines(doc: dict) -> list[str]:

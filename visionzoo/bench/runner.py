@@ -143,14 +143,14 @@ def _measure_peak_memory(fn: Callable[[], object], settings: BenchSettings) -> d
     return peak_memory_mb(fn, torch.device(settings.device))
 
 
-def efficiency_of(macs_per_image: int | None, img_per_s: float | None, peak_gflops: float) -> dict | None:
+def efficiency_of(macs_per_image: int | None, img_per_s: float | None) -> dict | None:
+    """Achieved GFLOP/s; the run adds ``fraction_of_peak`` once its peak is known (measured after the models too)."""
     if not macs_per_image or not img_per_s:
         return None
-    achieved = 2.0 * macs_per_image * img_per_s / 1e9
-    return {"gflops": achieved, "fraction_of_peak": achieved / peak_gflops}
+    return {"gflops": 2.0 * macs_per_image * img_per_s / 1e9}
 
 
-def benchmark_model(name: str, settings: BenchSettings, timer: Timer, peak_gflops: float,
+def benchmark_model(name: str, settings: BenchSettings, timer: Timer,
                     build: Callable[[str], nn.Module] = timm.create_model,
                     on_phase: Callable[[str], None] = lambda phase: None,
                     prepare: Callable[[nn.Module], None] | None = None) -> dict:
@@ -205,8 +205,8 @@ def benchmark_model(name: str, settings: BenchSettings, timer: Timer, peak_gflop
         "train": train_result,
         "memory": memory,
         "efficiency": {
-            "infer": efficiency_of(macs, infer_result["img_per_s"], peak_gflops),
-            "train": efficiency_of(train_macs, train_result["img_per_s"] if train_result else None, peak_gflops),
+            "infer": efficiency_of(macs, infer_result["img_per_s"]),
+            "train": efficiency_of(train_macs, train_result["img_per_s"] if train_result else None),
         },
         "runtime": getattr(infer, "details", {"name": settings.runtime}),
         "vs": None,

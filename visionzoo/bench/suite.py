@@ -11,7 +11,7 @@ from torch import nn
 from tqdm import tqdm
 
 from visionzoo.bench.flops import FLOP_COUNTER_NOTE, count_macs
-from visionzoo.bench.machine import DTYPES, machine_info, measure_matmul_peak, pin_threads
+from visionzoo.bench.machine import DTYPES, machine_info, machine_peak, measure_matmul_peak, pin_threads
 from visionzoo.bench.memory import MEMORY_NOTE
 from visionzoo.bench.runner import BenchSettings, benchmark_model, card_of, efficiency_of, input_size_of
 from visionzoo.bench.timing import Schedule, Timer, timer_for
@@ -22,7 +22,7 @@ SCHEMA = "visionzoo.bench/1"
 PHASES = ("build", "count", "runtime", "memory", "throughput", "latency", "train", "vs")
 
 
-def _time_against(zoo_model: nn.Module, settings: BenchSettings, timer: Timer, peak_gflops: float, vs: str,
+def _time_against(zoo_model: nn.Module, settings: BenchSettings, timer: Timer, vs: str,
                   pair: dict | None, build_other: Callable[[str], nn.Module]) -> dict:
     zoo_size = input_size_of(zoo_model, settings.img_size)
     if pair is not None:
@@ -37,10 +37,10 @@ def _time_against(zoo_model: nn.Module, settings: BenchSettings, timer: Timer, p
     timed = time_side_by_side(zoo_model, other, settings, timer, zoo_size, other_size)
     # The other model's efficiency by the same measure, from its img/s in the alternating run.
     return {**pair, **timed, "other_gmacs": other_macs / 1e9,
-            "other_efficiency": efficiency_of(other_macs, timed["other_img_per_s"], peak_gflops)}
+            "other_efficiency": efficiency_of(other_macs, timed["other_img_per_s"])}
 
 
-def benchmark_one(name: str, settings: BenchSettings, timer: Timer, peak_gflops: float, vs: str | None,
+def benchmark_one(name: str, settings: BenchSettings, timer: Timer, vs: str | None,
                   build: Callable[[str], nn.Module], build_other: Callable[..., nn.Module],
                   on_phase: Callable[[str], None]) -> dict:
     """One model's record; with ``vs``, its side-by-side timing (or why the pair was skipped) under ``vs``."""
@@ -58,24 +58,32 @@ def benchmark_one(name: str, settings: BenchSettings, timer: Timer, peak_gflops:
         else:
             pair = {"against": None, "kind": "timm_pair", "status": "no_counterpart",
                     "message": f"timm has no implementation of {name}'s architecture (card timm_name is null)"}
-    record = benchmark_model(name, settings, timer, peak_gflops, build=build_and_keep, on_phase=on_phase,
+    record = benchmark_model(name, settings, timer, build=build_and_keep, on_phase=on_phase,
                              prepare=prepare)
     if vs is not None:
         on_phase("vs")
         record["vs"] = pair if pair is not None and "status" in pair else _side_by_side_or_why_not(
-            built["model"], settings, timer, peak_gflops, vs, pair, build_other)
+            built["model"], settings, timer, vs, pair, build_other)
     return record
 
 
-def _side_by_side_or_why_not(zoo_model: nn.Module, settings: BenchSettings, timer: Timer, peak_gflops: float,
+def _side_by_side_or_why_not(zoo_model: nn.Module, settings: BenchSettings, timer: Timer,
                              vs: str, pair: dict | None, build_other: Callable[[str], nn.Module]) -> dict:
     """The comparison's record; if the other model cannot run (e.g. a fixed input size), why, without losing ours."""
     against = pair["against"] if pair else vs
     try:
-        return _time_against(zoo_model, settings, timer, peak_gflops, vs, pair, build_other)
+        return _time_against(zoo_model, settings, timer, vs, pair, build_other)
     except Exception as error:  # noqa: BLE001  (the zoo model's own figures are already measured)
         return {"against": against, "kind": "timm_pair" if pair else "baseline", "status": "error",
                 "message": f"timing {against} failed: {type(error).__name__}: {error}"}
+
+
+def _divide_by_peak(results: list[dict], peak_gflops: float) -> None:
+    for record in results:
+        achieved = [*(record.get("efficiency") or {}).values(), (record.get("vs") or {}).get("other_efficiency")]
+        for entry in achieved:
+            if entry:
+                entry["fraction_of_peak"] = entry["gflops"] / peak_gflops
 
 
 def _failed(name: str, error: str) -> dict:
@@ -94,8 +102,12 @@ def run_suite(names: list[str], settings: BenchSettings, vs: str | None = None, 
     timer = timer or timer_for(device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # pick the fastest conv algorithms during warm-up, as deployments do
-    peak_schedule = Schedule(warmup=1, iters=5)
-    peak = measure_matmul_peak(device, DTYPES[settings.dtype], timer, peak_schedule, size=matmul_size)
+    peak_schedule = Schedule(warmup=2, iters=10)
+
+    def measure_peak() -> dict:
+        return measure_matmul_peak(device, DTYPES[settings.dtype], timer, peak_schedule, size=matmul_size)
+
+    peak_at_start = measure_peak()
     results = []
     # The bar draws on a terminal only; in logs (CI, tools/setup.sh) one line per model says where the run is.
     bar = tqdm(total=len(names) * len(PHASES), desc="bench", unit="step", file=sys.stderr,
@@ -111,7 +123,7 @@ def run_suite(names: list[str], settings: BenchSettings, vs: str | None = None, 
             done["count"] += 1
 
         try:
-            record = benchmark_one(name, settings, timer, peak["gflops"], vs, build, build_other, on_phase)
+            record = benchmark_one(name, settings, timer, vs, build, build_other, on_phase)
         except Exception as error:  # noqa: BLE001  (one broken model must not lose the others' results)
             record = _failed(name, f"{type(error).__name__}: {error}")
         bar.update(len(PHASES) - done["count"])
@@ -121,6 +133,8 @@ def run_suite(names: list[str], settings: BenchSettings, vs: str | None = None, 
             bar.write(f"{name}: --vs {vs}: {record['vs']['message']}", file=sys.stderr)
         results.append(record)
     bar.close()
+    peak = machine_peak(peak_at_start, measure_peak())
+    _divide_by_peak(results, peak["gflops"])
     return {
         "schema": SCHEMA,
         "command": command,
