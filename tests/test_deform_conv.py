@@ -54,15 +54,32 @@ def test_offsets_receive_gradients():
     assert layer.conv_offset.weight.grad is not None and layer.conv_offset.weight.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("torchvision_kernel", [True, False], ids=["torchvision_in_float32", "sampled"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_reduced_precision_runs_in_float32(dtype):
+def test_reduced_precision(monkeypatch, dtype, torchvision_kernel):
     torch.manual_seed(0)
     layer = DeformConv2d(4, 8, kernel_size=2, stride=2)
     x = torch.randn(1, 4, 6, 6)
     expected = layer(x)
+    # torchvision's kernel runs on CUDA and in exported graphs; forcing it here tests its float32 round trip.
+    monkeypatch.setattr(DeformConv2d, "_torchvision_kernel_wanted", lambda self, x: torchvision_kernel)
     actual = layer.to(dtype)(x.to(dtype))
     assert actual.dtype == dtype
     torch.testing.assert_close(actual.float(), expected, atol=5e-2, rtol=5e-2)
+
+
+def test_cpu_runs_the_sampled_form_and_export_keeps_torchvisions_op(monkeypatch):
+    layer = DeformConv2d(4, 8, kernel_size=2, stride=2)
+    x = torch.randn(2, 4, 6, 6)
+    program = torch.export.export(layer, (x,))
+    targets = {str(node.target) for node in program.graph.nodes}
+    assert "torchvision.deform_conv2d.default" in targets and "aten.grid_sampler_2d.default" not in targets
+
+    def torchvision_kernel(*args):
+        raise AssertionError("the CPU forward called torchvision's deformable kernel")
+
+    monkeypatch.setattr("visionzoo.layers.deform_conv.deform_conv2d", torchvision_kernel)
+    torch.testing.assert_close(layer(x), program.module()(x), atol=1e-5, rtol=1e-5)
 
 
 def test_builds_on_meta_device():
