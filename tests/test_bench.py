@@ -22,7 +22,7 @@ from visionzoo.bench.cli import add_bench_parser, default_model_set
 from visionzoo.bench.flops import count_macs, count_params, count_train_macs
 from visionzoo.bench.machine import measure_matmul_peak
 from visionzoo.bench.memory import peak_memory_mb
-from visionzoo.bench.runner import BenchArgumentError, BenchSettings, benchmark_model, train_step_fn
+from visionzoo.bench.runner import BenchArgumentError, BenchSettings, benchmark_model, deploy_form, train_step_fn
 from visionzoo.bench.runtimes import torch_runtime
 from visionzoo.bench.suite import run_suite
 from visionzoo.bench.timing import Schedule, WallTimer, measure, measure_alternating, summarize
@@ -266,6 +266,15 @@ def test_deploy_measures_the_bn_folded_model(tiny_card):
     doc = run_suite([ZOO_NAME], settings, timer=ScriptedTimer(), matmul_size=16, progress=False)
     (record,) = doc["results"]
     assert record["params"] == count_params(fuse_model(TinyAttentionNet())) and record["train"] is None
+
+
+def test_deploy_chunks_stages_for_eager_cpu_inference_only(monkeypatch):
+    tuned = []
+    monkeypatch.setattr("visionzoo.bench.runner.tune_stage_chunks", lambda model, images: tuned.append(images.shape))
+    for settings in (BenchSettings(batch_size=4, deploy=True), BenchSettings(batch_size=4, deploy=True, compile=True),
+                     BenchSettings(batch_size=4, deploy=False)):
+        deploy_form(TinyAttentionNet(), settings)
+    assert tuned == [(4, 3, 16, 16)]
 
 
 def test_bf16_autocast_and_channels_last_run_on_the_cpu(tiny_card):

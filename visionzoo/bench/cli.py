@@ -76,7 +76,9 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     parser.add_argument("--dtype", default="fp32", help="fp32, bf16 or fp16 (autocast; fp16 only on cuda)")
     parser.add_argument("--channels-last", action="store_true", help="NHWC memory format for weights and inputs")
     parser.add_argument("--compile", action="store_true", help="torch.compile the models")
-    parser.add_argument("--deploy", action="store_true", help="fold BatchNorms (visionzoo.layers.fuse_model)")
+    parser.add_argument("--deploy", action="store_true",
+                        help="fold BatchNorms (visionzoo.layers.fuse_model); on the CPU without --compile, also run "
+                        "stages in batch chunks where measured faster")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's, one per physical core)")
     parser.add_argument("--warmup", type=int, help=f"untimed calls before timing (default: {DEFAULT_SCHEDULE.warmup})")
     budget = parser.add_mutually_exclusive_group()

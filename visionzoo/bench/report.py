@@ -128,6 +128,8 @@ def header_lines(doc: dict) -> list[str]:
     flags = [flag for flag in ("channels_last", "compile", "deploy") if settings.get(flag)]
     if settings.get("compile") and settings.get("deploy"):
         flags[flags.index("compile")] = "compile (inductor, weights frozen)"
+    elif settings.get("deploy") and settings["device"] == "cpu" and settings["runtime"] == "torch":
+        flags[flags.index("deploy")] = "deploy (stages batch-chunked where measured faster)"
     compared = _compared(doc)
     return [
         f"Device: {machine['device_name']} ({machine['device']}), {machine['torch_threads']} torch threads of "
