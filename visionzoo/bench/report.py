@@ -138,8 +138,8 @@ def header_lines(doc: dict) -> list[str]:
         f"Settings: {settings['dtype']}, batch {settings['batch_size']}, {size}, runtime {settings['runtime']}"
         f"{', ' + ', '.join(flags) if flags else ''}; {settings['warmup']} warm-up call(s), {timing}; "
         "medians, ± = (p90 − p10) / median.",
-        f"Peak: {peak['gflops']:.1f} GFLOP/s ({peak['dtype']} {peak['matmul_size']}² matmul, median{_peak_source(peak)}); "
-        "efficiency = model GFLOP/s (2 × MACs × img/s) / peak.",
+        f"Peak: {peak['gflops']:.1f} GFLOP/s ({peak['dtype']} {peak['matmul_size']}² matmul, "
+        f"median{_peak_source(peak)}); efficiency = model GFLOP/s (2 × MACs × img/s) / peak.",
         f"MACs: {doc['notes']['macs']}",
         *(["vs: our img/s ÷ the other implementation's at the same batch, timed alternately (> 1: ours is faster); "
            "timm pairs share weights and their outputs are checked first. vs eff.: the other's efficiency from "

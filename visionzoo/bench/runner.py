@@ -114,6 +114,8 @@ def deploy_form(model: nn.Module, settings: BenchSettings) -> nn.Module:
         return model.eval()
     deployed = fuse_model(model)
     if settings.device == "cpu" and settings.runtime == "torch" and not settings.compile:
+        if settings.channels_last:  # tuned in the layout it will be timed in
+            deployed = deployed.to(memory_format=torch.channels_last)
         images = make_images(settings.batch_size, input_size_of(deployed, settings.img_size), settings)
         with autocast_for(settings.device, settings.dtype):
             tune_stage_chunks(deployed, images)
