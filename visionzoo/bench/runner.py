@@ -10,11 +10,12 @@ import timm
 import torch
 from torch import nn
 
+from visionzoo.bench.chunks import tune_stage_chunks
 from visionzoo.bench.flops import count_macs, count_params, count_train_macs, surrogate_loss
 from visionzoo.bench.memory import peak_memory_mb
 from visionzoo.bench.runtimes import EXPORT_FORMAT, autocast_for, available_runtimes, get_runtime, missing_package
 from visionzoo.bench.timing import Schedule, Timer, measure, summarize
-from visionzoo.layers.batch_chunks import stage_chunks, tune_stage_chunks
+from visionzoo.layers.batch_chunks import stage_chunks
 from visionzoo.layers.fuse import fuse_model
 from visionzoo.models._cards import CARDS_DIR, variant_card
 from visionzoo.ops import REFERENCE, use_backend

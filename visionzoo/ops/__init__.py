@@ -5,7 +5,7 @@ Every module in this package is imported here so that :func:`list_ops` names eve
 import importlib as _importlib
 import pkgutil as _pkgutil
 
-from visionzoo.ops._dispatch import REFERENCE, Op, get_op, list_ops, use_backend
+from visionzoo.ops._dispatch import REFERENCE, Op, eager_cpu_inference, get_op, list_ops, use_backend
 from visionzoo.ops.attention import scaled_dot_product_attention, sdpa_reference
 
 for _module in _pkgutil.iter_modules(__path__):
@@ -15,6 +15,7 @@ for _module in _pkgutil.iter_modules(__path__):
 __all__ = [
     "REFERENCE",
     "Op",
+    "eager_cpu_inference",
     "get_op",
     "list_ops",
     "use_backend",

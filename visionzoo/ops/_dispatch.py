@@ -11,7 +11,9 @@ import contextlib
 import os
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
+
+import torch
 
 REFERENCE = "reference"
 AUTO = "auto"
@@ -86,6 +88,18 @@ class Op:
 
     def __repr__(self) -> str:
         return f"Op({self.name!r}, backends={self.available()})"
+
+
+def eager_cpu_inference(x: torch.Tensor, recorded: Iterable[torch.Tensor] = ()) -> bool:
+    """True for a CPU call that no compiler or exporter traces and autograd does not record (``x`` and the
+    ``recorded`` tensors, e.g. weights, need no gradient, or grad mode is off).
+
+    Cache-sized chunking pays only there: compilers fuse the passes instead, GPUs want one launch, and under
+    autograd the chunks' many small backward ops cost more than the cache saves.
+    """
+    if x.device.type != "cpu" or torch.compiler.is_compiling() or torch.compiler.is_exporting():
+        return False
+    return not (torch.is_grad_enabled() and any(t.requires_grad for t in (x, *recorded)))
 
 
 def get_op(name: str) -> Op:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from visionzoo.ops._dispatch import Op
+from visionzoo.ops._dispatch import Op, eager_cpu_inference
 
 
 def _check_shapes(q, k, v, height_rel, width_rel, block_size, halo_size, query_stride):
@@ -226,8 +226,7 @@ def _blocks_per_cache_chunk(logit_bytes_per_block: int) -> int:
     logits a block), so on the CPU the add, softmax and matmul passes over them are bound by memory bandwidth.
     Run in chunks of about a megabyte, they stay in the cache between passes: 1.6-2x faster on the 2-core CI
     machine for H1's first stage (8192 blocks). Inference only: under autograd the chunks' many small backward
-    ops cost more than the cache saves (HaloNet-H0's training step: 1.9 -> 1.3 img/s). Compilers fuse the passes
-    instead, and GPUs want one launch.
+    ops cost more than the cache saves (HaloNet-H0's training step: 1.9 -> 1.3 img/s).
     """
     return max(1, CPU_CHUNK_BYTES // logit_bytes_per_block)
 
@@ -280,9 +279,7 @@ def _halo_attention_bmm(
 
     total = queries.shape[0]
     chunk = _blocks_per_cache_chunk(bq * bq * win * win * q.element_size())
-    recording = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, height_rel, width_rel))
-    if (q.device.type == "cpu" and not recording and not exporting and not torch.compiler.is_compiling()
-            and chunk < total):
+    if chunk < total and eager_cpu_inference(q, (k, v, height_rel, width_rel)):
         out = torch.cat([attend(slice(start, start + chunk)) for start in range(0, total, chunk)])
     else:
         out = attend(slice(None))
