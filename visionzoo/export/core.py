@@ -9,7 +9,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import timm
 import torch
 from torch import nn
 
@@ -17,8 +16,7 @@ from visionzoo.export._files import ExportError, atomic_output, check_writable
 from visionzoo.export.formats import FORMATS, Format, dynamic_shapes, first_line, median_latency_ms, use_portable_layers
 from visionzoo.export.inputs import photo_batch, random_input, max_relative_error
 from visionzoo.layers.fuse import fuse_model
-from visionzoo.models._checkpoint import load_checkpoint
-from visionzoo.models._factory import check_model_name
+from visionzoo.models._factory import create_model
 
 DEFAULT_TOLERANCE = 1e-4
 MACOS_ONLY = "Core ML prediction needs macOS: not run here; conversion and the saved spec (input/output names, shapes) checked"
@@ -58,11 +56,7 @@ def build_model(name: str, checkpoint: str | Path | None = None, deploy: bool = 
                 model_kwargs: dict | None = None) -> nn.Module:
     """The eval-mode model to export: built with ``model_kwargs`` (e.g. other ``depths``), ``checkpoint`` loaded
     through the family's filter, BN folded if ``deploy``."""
-    check_model_name(name)
-    model = timm.create_model(name, **(model_kwargs or {}))
-    if checkpoint is not None:
-        family = __import__(type(model).__module__, fromlist=["checkpoint_filter_fn"])
-        load_checkpoint(model, checkpoint, filter_fn=getattr(family, "checkpoint_filter_fn", None))
+    model = create_model(name, checkpoint_path=checkpoint, **(model_kwargs or {}))
     model.eval()
     return fuse_model(model, inplace=True) if deploy else model
 

@@ -13,6 +13,7 @@ from visionzoo.models._registry import (
     family_of,
     list_families,
     register_family,
+    unregister_family,
 )
 
 for _module in _pkgutil.iter_modules(__path__):
@@ -34,4 +35,5 @@ __all__ = [
     "load_checkpoint",
     "load_state_dict",
     "register_family",
+    "unregister_family",
 ]

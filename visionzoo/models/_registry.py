@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-from timm.models import is_model, model_entrypoint
+from timm.models import get_pretrained_cfg, is_model, model_entrypoint
 from torch import nn
 
 INPUT_KINDS = ("image", "points")
@@ -20,34 +20,24 @@ class UnknownFamilyError(LookupError):
     """A model or name belongs to no registered zoo family."""
 
 
-def _first_tensor_like(model: nn.Module) -> dict:
-    for tensor in (*model.parameters(), *model.buffers()):
-        if tensor.is_floating_point():
-            return dict(device=tensor.device, dtype=tensor.dtype)
-    return dict(device=torch.device("cpu"), dtype=torch.get_default_dtype())
-
-
 def image_example(
-    model: nn.Module, batch_size: int = 1, size: int | tuple[int, int] | None = None,
+    input_size: tuple[int, int, int], batch_size: int = 1, size: int | tuple[int, int] | None = None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """A seeded NCHW batch at the model's ``pretrained_cfg`` input size (or ``size``), on its device and dtype."""
-    channels, height, width = model.pretrained_cfg["input_size"]
-    channels = getattr(model, "in_chans", channels)
+    """A seeded NCHW batch; ``input_size`` is the ``pretrained_cfg``'s (C, H, W) and ``size`` overrides (H, W)."""
+    channels, height, width = input_size
     if size is not None:
         height, width = (size, size) if isinstance(size, int) else size
-    images = torch.randn(batch_size, channels, height, width, generator=generator)
-    return images.to(**_first_tensor_like(model))
+    return torch.randn(batch_size, channels, height, width, generator=generator)
 
 
 def points_example(
-    model: nn.Module, batch_size: int = 1, size: int | None = None, generator: torch.Generator | None = None,
+    input_size: tuple[int, int], batch_size: int = 1, size: int | None = None, generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """A seeded (batch, points, coordinates + features) cloud; ``pretrained_cfg['input_size']`` is
-    ``(num_points, point_dims)`` for point families and ``size`` overrides the number of points."""
-    num_points, point_dims = model.pretrained_cfg["input_size"]
-    points = torch.randn(batch_size, size or num_points, point_dims, generator=generator)
-    return points.to(**_first_tensor_like(model))
+    """A seeded (batch, points, coordinates + features) cloud; ``input_size`` is the ``pretrained_cfg``'s
+    ``(num_points, point_dims)`` and ``size`` overrides the number of points."""
+    num_points, point_dims = input_size
+    return torch.randn(batch_size, size or num_points, point_dims, generator=generator)
 
 
 _DEFAULT_EXAMPLES = {"image": image_example, "points": points_example}
@@ -55,8 +45,9 @@ _DEFAULT_EXAMPLES = {"image": image_example, "points": points_example}
 
 @dataclass(frozen=True)
 class Family:
-    """One model family. ``card`` is the file name of its card in ``visionzoo/cards``; ``example_input`` builds
-    ``(model, batch_size, size, generator) -> input`` and defaults to the builder of ``input_kind``."""
+    """One model family. ``card`` is the file name of its card in ``visionzoo/cards`` (default ``<name>.yaml``);
+    ``example_input(input_size, batch_size, size, generator)`` builds a seeded input from the ``pretrained_cfg``'s
+    ``input_size`` and defaults to the builder of ``input_kind``."""
 
     name: str
     model_classes: tuple[type[nn.Module], ...]
@@ -95,6 +86,13 @@ def register_family(family: Family) -> Family:
     return family
 
 
+def unregister_family(name: str) -> Family:
+    """Remove a family (tests and plugins that register one for a while); unknown names are an error."""
+    if name not in _FAMILIES:
+        raise UnknownFamilyError(f"no family {name!r} is registered; registered: {sorted(_FAMILIES)}")
+    return _FAMILIES.pop(name)
+
+
 def list_families() -> dict[str, Family]:
     """Every registered family, keyed by name."""
     return dict(_FAMILIES)
@@ -120,9 +118,18 @@ def family_of(model_or_name: nn.Module | str) -> Family:
 
 
 def example_input(
-    model: nn.Module, batch_size: int = 1, size=None, generator: torch.Generator | None = None,
+    model_or_name: nn.Module | str, batch_size: int = 1, size=None, generator: torch.Generator | None = None,
     family: Family | None = None,
 ) -> torch.Tensor:
-    """The example input of ``model``'s family (``family`` when the model is a features-only wrapper)."""
-    family = family or family_of(model)
-    return family.example_input(model, batch_size, size, generator)
+    """A seeded example input of the model's family at its ``pretrained_cfg`` input size (``size`` overrides the
+    spatial size or point count). For a built model the input follows its ``in_chans``, device and dtype; pass
+    ``family`` for a features-only wrapper, whose class belongs to no family."""
+    family = family or family_of(model_or_name)
+    if isinstance(model_or_name, str):
+        return family.example_input(tuple(get_pretrained_cfg(model_or_name).input_size), batch_size, size, generator)
+    input_size = tuple(model_or_name.pretrained_cfg["input_size"])
+    if family.input_kind == "image":
+        input_size = (getattr(model_or_name, "in_chans", input_size[0]), *input_size[1:])
+    example = family.example_input(input_size, batch_size, size, generator)
+    reference = next((t for t in (*model_or_name.parameters(), *model_or_name.buffers()) if t.is_floating_point()), None)
+    return example if reference is None else example.to(device=reference.device, dtype=reference.dtype)
