@@ -496,9 +496,9 @@ def test_cuda_without_gpu_is_a_clear_error(capsys):
 
 
 def test_committed_results_file_renders():
-    """The README's results come from docs/results/*.json: each must still follow the schema this version reads."""
-    committed = sorted((Path(__file__).resolve().parents[1] / "docs" / "results").glob("bench_*.json"))
-    assert committed, "docs/results/ holds no bench_*.json for the README's results table"
+    """The README's results come from results/*.json: each must still follow the schema this version reads."""
+    committed = sorted((Path(__file__).resolve().parents[1] / "results").glob("bench_*.json"))
+    assert committed, "results/ holds no bench_*.json for the README's results table"
     for path in committed:
         doc = report.load_results(path)
         assert doc["results"] and all(record.get("model") for record in doc["results"])

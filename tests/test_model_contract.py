@@ -76,7 +76,7 @@ def test_meta_construction_and_param_count_matches_card(name):
     model = create(name, device="meta")
     assert all(p.device.type == "meta" for p in model.parameters())
     card = variant_card(name)
-    assert card is not None, f"{name} has no entry in models/*.yaml"
+    assert card is not None, f"{name} has no entry in visionzoo/cards/*.yaml"
     params = sum(p.numel() for p in model.parameters())
     assert abs(params - card["params"]) <= card["params_tolerance"] * card["params"], (
         f"{name}: {params:,} parameters, card says {card['params']:,} ± {card['params_tolerance']:.1%}"

@@ -94,7 +94,7 @@ class BenchSettings:
 
 
 def card_of(name: str) -> dict | None:
-    """The model's card entry, or None when it has none (or the package runs without its models/ folder)."""
+    """The model's card entry, or None when it has none (or the package runs without its cards folder)."""
     return variant_card(name) if CARDS_DIR.is_dir() else None
 
 
