@@ -201,3 +201,12 @@ def test_opt_outs_merge_family_and_variant_and_are_reported(monkeypatch):
     with pytest.raises(pytest.skip.Exception, match="card opt-out: vz_shvit_s1 skips bf16_forward: no bf16 kernel"):
         skip_if_opted_out("vz_shvit_s1", "bf16_forward")
     skip_if_opted_out("vz_shvit_s2", "bf16_forward")
+
+
+@pytest.mark.parametrize("toy_family", ["points"], indirect=True)
+def test_mm_backbone_refuses_point_families(toy_family):
+    pytest.importorskip("mmdet")
+    from visionzoo.mm.backbone import VisionZooBackbone
+
+    with pytest.raises(ValueError, match="vz_familytest_points takes points; mmdet/mmseg backbones take images"):
+        VisionZooBackbone(toy_family[0])

@@ -17,7 +17,7 @@ from torch import nn
 from visionzoo.bench.runner import BenchSettings, deploy_form, input_size_of, make_images
 from visionzoo.bench.runtimes import get_runtime
 from visionzoo.bench.timing import Timer, measure_alternating, summarize
-from visionzoo.models._registry import family_of
+from visionzoo.models._registry import example_input, family_of
 
 TIMM = "timm"
 MATCH_RTOL = 1e-3
@@ -60,7 +60,7 @@ def copy_timm_weights(zoo_model: nn.Module, timm_model: nn.Module) -> None:
 def check_outputs_agree(zoo_model: nn.Module, other: nn.Module, input_size: tuple[int, int, int],
                         zoo_name: str, other_name: str) -> float:
     """Max |difference| of eval-mode fp32 logits on a seeded random batch; raise if above tolerance."""
-    images = torch.randn(2, *input_size, generator=torch.Generator().manual_seed(0))
+    images = example_input(zoo_model, 2, input_size[1:], torch.Generator().manual_seed(0))
     with torch.inference_mode():
         ours = zoo_model.eval()(images)
         theirs = other.eval()(images)

@@ -72,11 +72,11 @@ def _input_size(model: nn.Module, img_size: int | tuple[int, int] | None) -> tup
 def _parity_inputs(model, height, width, dynamic_batch, dynamic_size) -> dict[str, torch.Tensor]:
     """Named inputs: random at the traced shape, a second batch / size when dynamic, and the photographs."""
     cfg = model.pretrained_cfg
-    inputs = {f"random b{2 if dynamic_batch else 1} {height}x{width}": random_input(2 if dynamic_batch else 1, height, width)}
+    inputs = {f"random b{2 if dynamic_batch else 1} {height}x{width}": random_input(model, 2 if dynamic_batch else 1, height, width)}
     if dynamic_batch:
-        inputs[f"random b3 {height}x{width}"] = random_input(3, height, width, seed=1)
+        inputs[f"random b3 {height}x{width}"] = random_input(model, 3, height, width, seed=1)
     if dynamic_size:
-        inputs[f"random b1 {height + 32}x{width + 32}"] = random_input(1, height + 32, width + 32, seed=2)
+        inputs[f"random b1 {height + 32}x{width + 32}"] = random_input(model, 1, height + 32, width + 32, seed=2)
     photos = photo_batch(height, width, cfg["mean"], cfg["std"])
     if dynamic_batch:
         inputs[f"photos b3 {height}x{width}"] = photos
@@ -146,7 +146,7 @@ def export_model(
         result["status"] = "ok" if max(errors.values()) < tolerance else "mismatch"
         if latency_repeats:
             stage = "latency"
-            result["latency_ms_b1_median"] = median_latency_ms(run, random_input(1, height, width), latency_repeats)
+            result["latency_ms_b1_median"] = median_latency_ms(run, random_input(model, 1, height, width), latency_repeats)
     except Exception as error:  # an exporter or runtime failure is a result to report, not a crash
         result.update(status="failed", stage=stage, error=first_line(error), failing_op=failing_op(error))
     finally:
