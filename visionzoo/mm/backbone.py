@@ -53,10 +53,11 @@ class VisionZooBackbone(BaseModule):
     ):
         super().__init__(init_cfg=None)
         self.pretrained_cfg = init_cfg
-        if family_of(model_name).input_kind != "image":
-            raise ValueError(f"{model_name} takes {family_of(model_name).input_kind}; mmdet/mmseg backbones take images")
         self.model_name = model_name
         self.model = create_model(model_name, drop_path_rate=drop_path_rate, **(model_kwargs or {}))
+        input_kind = family_of(model_name).input_kind
+        if input_kind != "image":
+            raise ValueError(f"{model_name} takes {input_kind}; mmdet/mmseg backbones take images")
         levels = len(self.model.feature_info)
         self.out_indices = tuple(range(levels)) if out_indices is None else tuple(out_indices)
         bad = [index for index in self.out_indices if not -levels <= index < levels]
