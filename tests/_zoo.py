@@ -1,13 +1,14 @@
-"""Which zoo models the tests exercise, and at what sizes (from the model cards)."""
+"""Which zoo models the tests exercise, at what sizes and with which inputs (from the model cards and the
+family records), and which contract checks a card opts a model out of."""
 from __future__ import annotations
 
 import copy
 
 import pytest
-import timm
+import torch
 
 import visionzoo
-from visionzoo.models._cards import load_cards, variant_card
+from visionzoo.models._cards import contract_opt_outs, load_cards, variant_card
 
 DEFAULT_TEST_SIZES = ((64, 64), (96, 128))
 
@@ -37,14 +38,27 @@ def model_params(every: bool = False) -> list:
     ]
 
 
-def input_sizes(name: str) -> tuple[tuple[int, int], tuple[int, int]]:
+def input_sizes(name: str) -> tuple:
+    """The card's test sizes: (H, W) pairs for image families, point counts for point families. Image families
+    without card sizes use DEFAULT_TEST_SIZES; point families without them use their ``pretrained_cfg`` size."""
     card = variant_card(name)
     sizes = load_cards()[card["family"]].get("test", {}).get("sizes") if card else None
-    return tuple(tuple(size) for size in sizes) if sizes else DEFAULT_TEST_SIZES
+    if sizes:
+        return tuple(tuple(size) if isinstance(size, list) else size for size in sizes)
+    return DEFAULT_TEST_SIZES if visionzoo.family_of(name).input_kind == "image" else (None, None)
 
 
-def family_module(model):
-    return __import__(type(model).__module__, fromlist=["checkpoint_filter_fn"])
+def example_input(name: str, size_index: int = 0, batch: int = 2) -> torch.Tensor:
+    """The family's declared example input at the card's ``size_index``-th test size (CPU, float32)."""
+    return visionzoo.example_input(name, batch, input_sizes(name)[size_index])
+
+
+def skip_if_opted_out(name: str, item: str) -> None:
+    """Skip a contract check that the model's card opts out of, naming the card's reason; pytest's ``-ra`` summary
+    lists every opt-out. ``item`` is the contract test's name without ``test_``."""
+    reason = contract_opt_outs(name).get(item)
+    if reason is not None:
+        pytest.skip(f"card opt-out: {name} skips {item}: {reason}")
 
 
 _BUILT: dict = {}
@@ -52,13 +66,13 @@ CACHE_MAX_PARAMS = 60_000_000
 
 
 def create(name: str, **kwargs):
-    """``timm.create_model`` with a cache: initialising weights dominates the contract's run time, so each
+    """``visionzoo.create_model`` with a cache: initialising weights dominates the contract's run time, so each
     (name, kwargs) is built once and later callers get a deep copy they may modify freely. Models above
     CACHE_MAX_PARAMS are rebuilt each time to keep the slow run's memory bounded."""
     key = (name, tuple(sorted(kwargs.items())))
     if key in _BUILT:
         return copy.deepcopy(_BUILT[key])
-    model = timm.create_model(name, **kwargs)
+    model = visionzoo.create_model(name, **kwargs)
     if sum(p.numel() for p in model.parameters()) <= CACHE_MAX_PARAMS:
         _BUILT[key] = copy.deepcopy(model)
     return model

@@ -28,6 +28,7 @@ from visionzoo.bench.suite import run_suite
 from visionzoo.bench.timing import Schedule, WallTimer, measure, measure_alternating, summarize
 from visionzoo.bench.vs import perturb_parameters, speed_ratio, summarize_pair
 from visionzoo.layers.fuse import fuse_model
+from visionzoo.models import Family, register_family, unregister_family
 from visionzoo.ops import REFERENCE, use_backend
 
 HAVE_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
@@ -76,7 +77,7 @@ PERTURB_FILTER = {"enabled": False}
 
 
 def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict:
-    """timm layout -> ours, as a family module's converter does (the bench finds it through the model's module)."""
+    """timm layout -> ours, as a family's converter does (the bench finds it through the family record)."""
     converted = {}
     for key, value in state_dict.items():
         key = key.replace("patch_embed.", "stem.").replace("attn_qkv.", "qkv.")
@@ -99,7 +100,10 @@ def tiny_models_registered():
         entrypoint.__name__ = name
         entrypoint.__module__ = __name__
         timm.models.register_model(entrypoint)
+    # Late-bound so that tests may monkeypatch this module's converter.
+    register_family(Family("benchtest", (TinyAttentionNet,), lambda state, model: checkpoint_filter_fn(state, model)))
     yield
+    unregister_family("benchtest")
     for name in (ZOO_NAME, TIMM_NAME):
         timm_registry._clear_model_entries(name)
         timm_registry._model_entrypoints.pop(name, None)
@@ -492,9 +496,9 @@ def test_cuda_without_gpu_is_a_clear_error(capsys):
 
 
 def test_committed_results_file_renders():
-    """The README's results come from docs/results/*.json: each must still follow the schema this version reads."""
-    committed = sorted((Path(__file__).resolve().parents[1] / "docs" / "results").glob("bench_*.json"))
-    assert committed, "docs/results/ holds no bench_*.json for the README's results table"
+    """The README's results come from results/*.json: each must still follow the schema this version reads."""
+    committed = sorted((Path(__file__).resolve().parents[1] / "results").glob("bench_*.json"))
+    assert committed, "results/ holds no bench_*.json for the README's results table"
     for path in committed:
         doc = report.load_results(path)
         assert doc["results"] and all(record.get("model") for record in doc["results"])

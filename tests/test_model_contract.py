@@ -16,7 +16,8 @@ import timm
 import torch
 from timm.models import group_parameters
 
-from _zoo import create, family_module, model_params, input_sizes, zoo_models
+from _zoo import create, model_params, input_sizes, zoo_models
+import visionzoo
 from visionzoo.bench.flops import count_macs
 from visionzoo.layers.fuse import fuse_model
 from visionzoo.models._cards import variant_card
@@ -75,7 +76,7 @@ def test_meta_construction_and_param_count_matches_card(name):
     model = create(name, device="meta")
     assert all(p.device.type == "meta" for p in model.parameters())
     card = variant_card(name)
-    assert card is not None, f"{name} has no entry in models/*.yaml"
+    assert card is not None, f"{name} has no entry in visionzoo/cards/*.yaml"
     params = sum(p.numel() for p in model.parameters())
     assert abs(params - card["params"]) <= card["params_tolerance"] * card["params"], (
         f"{name}: {params:,} parameters, card says {card['params']:,} ± {card['params_tolerance']:.1%}"
@@ -253,12 +254,12 @@ def test_checkpoint_filter_round_trip(name):
             if buffer.is_floating_point():
                 buffer.uniform_(0.5, 1.5)
     state = model.state_dict()
-    converted = family_module(model).checkpoint_filter_fn(dict(state), model)
+    converted = visionzoo.family_of(name).checkpoint_filter_fn(dict(state), model)
     assert set(converted) == set(state)
     assert all(torch.equal(converted[k], state[k]) for k in state)
     wrapped = {"model": {f"module.{k}": v for k, v in state.items()}, "epoch": torch.tensor(3)}
     clone = create(name).eval()
-    load_checkpoint(clone, wrapped, filter_fn=family_module(model).checkpoint_filter_fn)
+    load_checkpoint(clone, wrapped, filter_fn=visionzoo.family_of(name).checkpoint_filter_fn)
     x = _input(name)
     with torch.no_grad():
         assert _close(clone(x), model(x))

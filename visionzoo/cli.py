@@ -67,7 +67,7 @@ GMACS_NOTE = (
     "GMACs: multiply-accumulates of matmul, conv and attention counted by torch.utils.flop_counter at the card's "
     "input size (elementwise ops, norms, softmax and pooling are not counted), through the default fast path of "
     "each op and through its reference path (the readable spec; a fast path may trade MACs for speed); paper "
-    "figures from models/*.yaml."
+    "figures from visionzoo/cards/*.yaml."
 )
 ZOO_START, ZOO_END = "<!-- zoo:start -->", "<!-- zoo:end -->"
 

@@ -31,7 +31,7 @@ def default_model_set(cards: dict | None = None, registered: set[str] | None = N
     if cards is None:
         if not CARDS_DIR.is_dir():
             raise BenchArgumentError(f"--default-set reads the model cards in {CARDS_DIR}, which is missing; "
-                                     "run from a source checkout")
+                                     "reinstall visionzoo, whose wheel ships them")
         cards = load_cards()
     registered = set(list_models()) if registered is None else registered
     chosen = []

@@ -6,7 +6,6 @@ import copy
 from dataclasses import dataclass, field
 from typing import Callable
 
-import timm
 import torch
 from torch import nn
 
@@ -18,6 +17,7 @@ from visionzoo.bench.timing import Schedule, Timer, measure, summarize
 from visionzoo.layers.batch_chunks import stage_chunks
 from visionzoo.layers.fuse import fuse_model
 from visionzoo.models._cards import CARDS_DIR, variant_card
+from visionzoo.models._factory import create_model
 from visionzoo.ops import REFERENCE, use_backend
 
 DEFAULT_BATCH_SIZE = {"cpu": 32, "cuda": 256}
@@ -94,7 +94,7 @@ class BenchSettings:
 
 
 def card_of(name: str) -> dict | None:
-    """The model's card entry, or None when it has none (or the package runs without its models/ folder)."""
+    """The model's card entry, or None when it has none (or the package runs without its cards folder)."""
     return variant_card(name) if CARDS_DIR.is_dir() else None
 
 
@@ -164,7 +164,7 @@ def efficiency_of(macs_per_image: int | None, img_per_s: float | None) -> dict |
 
 
 def benchmark_model(name: str, settings: BenchSettings, timer: Timer,
-                    build: Callable[[str], nn.Module] = timm.create_model,
+                    build: Callable[[str], nn.Module] = create_model,
                     on_phase: Callable[[str], None] = lambda phase: None,
                     prepare: Callable[[nn.Module], None] | None = None) -> dict:
     """Measure one model; ``prepare`` may change its weights first (``--vs timm`` copies timm's weights in)."""

@@ -16,6 +16,7 @@ from visionzoo.bench.memory import MEMORY_NOTE
 from visionzoo.bench.runner import BenchSettings, benchmark_model, card_of, efficiency_of, input_size_of
 from visionzoo.bench.timing import Schedule, Timer, timer_for
 from visionzoo.bench.vs import TIMM, pair_with_timm, time_side_by_side
+from visionzoo.models._factory import create_model
 from visionzoo.ops import REFERENCE, use_backend
 
 SCHEMA = "visionzoo.bench/1"
@@ -92,7 +93,7 @@ def _failed(name: str, error: str) -> dict:
 
 
 def run_suite(names: list[str], settings: BenchSettings, vs: str | None = None, threads: int | None = None,
-              timer: Timer | None = None, build: Callable[[str], nn.Module] = timm.create_model,
+              timer: Timer | None = None, build: Callable[[str], nn.Module] = create_model,
               build_other: Callable[..., nn.Module] = timm.create_model, matmul_size: int | None = None,
               progress: bool = True, command: str | None = None) -> dict:
     """Benchmark ``names`` and return the results document (see :mod:`visionzoo.bench.report` for its schema)."""

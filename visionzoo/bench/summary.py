@@ -9,6 +9,7 @@ import torch
 from visionzoo.bench.flops import count_macs, count_params
 from visionzoo.layers.fuse import fuse_model
 from visionzoo.models._cards import variant_card
+from visionzoo.models._factory import create_model
 from visionzoo.ops import REFERENCE, use_backend
 
 
@@ -24,10 +25,10 @@ def measure(name: str, input_size: tuple[int, int, int] | None = None) -> dict[s
     """
     input_size = tuple(input_size or default_input_size(name))
     try:
-        model = timm.create_model(name, device="meta")
+        model = create_model(name, device="meta")
         macs = count_macs(model, input_size)
     except (NotImplementedError, RuntimeError):
-        model = timm.create_model(name)
+        model = create_model(name)
         macs = count_macs(model, input_size)
     # The reference path of each op is the readable spec; a fast path may trade MACs for speed.
     with use_backend(REFERENCE):
@@ -56,7 +57,7 @@ def measure(name: str, input_size: tuple[int, int, int] | None = None) -> dict[s
 def describe(name: str) -> dict[str, Any]:
     """Everything ``visionzoo info`` prints: counts, feature_info, pretrained cfg and the card."""
     facts = measure(name)
-    model = timm.create_model(name, device="meta")
+    model = create_model(name, device="meta")
     facts["num_features"] = model.num_features
     facts["feature_info"] = [
         {key: info[key] for key in ("num_chs", "reduction", "module") if key in info} for info in model.feature_info
@@ -75,4 +76,4 @@ def describe(name: str) -> dict[str, Any]:
 @torch.no_grad()
 def fused_params(name: str) -> int:
     """Parameters in the deploy form (BatchNorms folded)."""
-    return count_params(fuse_model(timm.create_model(name), inplace=True))
+    return count_params(fuse_model(create_model(name), inplace=True))

@@ -8,7 +8,6 @@ abandoned with a message saying by how much they differ.
 from __future__ import annotations
 
 import difflib
-import sys
 from typing import Callable
 
 import timm
@@ -18,6 +17,7 @@ from torch import nn
 from visionzoo.bench.runner import BenchSettings, deploy_form, input_size_of, make_images
 from visionzoo.bench.runtimes import get_runtime
 from visionzoo.bench.timing import Timer, measure_alternating, summarize
+from visionzoo.models._registry import example_input, family_of
 
 TIMM = "timm"
 MATCH_RTOL = 1e-3
@@ -49,21 +49,18 @@ def perturb_parameters(model: nn.Module, scale: float = 0.02, seed: int = 0) -> 
 
 def copy_timm_weights(zoo_model: nn.Module, timm_model: nn.Module) -> None:
     """Load ``timm_model``'s weights into ``zoo_model`` through the zoo family's ``checkpoint_filter_fn``."""
-    family_module = sys.modules[type(zoo_model).__module__]
-    filter_fn = getattr(family_module, "checkpoint_filter_fn", None)
-    if filter_fn is None:
-        raise PairMismatchError(f"{family_module.__name__} has no checkpoint_filter_fn to convert timm's weights")
+    family = family_of(zoo_model)
     try:
-        zoo_model.load_state_dict(filter_fn(timm_model.state_dict(), zoo_model), strict=True)
+        zoo_model.load_state_dict(family.checkpoint_filter_fn(timm_model.state_dict(), zoo_model), strict=True)
     except (RuntimeError, KeyError, ValueError) as error:
-        raise PairMismatchError(f"{family_module.__name__}.checkpoint_filter_fn did not turn timm's state dict into "
+        raise PairMismatchError(f"{family.module}.checkpoint_filter_fn did not turn timm's state dict into "
                                 f"ours ({type(error).__name__}: {error}); the pair is skipped") from error
 
 
 def check_outputs_agree(zoo_model: nn.Module, other: nn.Module, input_size: tuple[int, int, int],
                         zoo_name: str, other_name: str) -> float:
     """Max |difference| of eval-mode fp32 logits on a seeded random batch; raise if above tolerance."""
-    images = torch.randn(2, *input_size, generator=torch.Generator().manual_seed(0))
+    images = example_input(zoo_model, 2, input_size[1:], torch.Generator().manual_seed(0))
     with torch.inference_mode():
         ours = zoo_model.eval()(images)
         theirs = other.eval()(images)

@@ -14,7 +14,7 @@ from torch import nn
 
 from visionzoo.data.loader import create_eval_loader, create_folder_dataset, eval_transform
 from visionzoo.engine.distributed import DistInfo, all_reduce_sum, init_distributed, shutdown
-from visionzoo.models import check_model_name, load_checkpoint, load_state_dict
+from visionzoo.models import check_model_name, create_model, list_models, load_checkpoint, load_state_dict
 
 
 def autocast_for(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
@@ -124,11 +124,11 @@ def run_eval(args: argparse.Namespace) -> int:
     num_classes = args.num_classes or _checkpoint_num_classes(checkpoint)
     if num_classes is None:
         num_classes = sum(1 for child in split_dir.iterdir() if child.is_dir()) if split_dir.is_dir() else 1000
-    model = timm.create_model(args.model, num_classes=num_classes)
-    module = __import__(type(model).__module__, fromlist=["checkpoint_filter_fn"])
-    load_checkpoint(
-        model, load_state_dict(checkpoint, prefer_ema=args.ema), filter_fn=getattr(module, "checkpoint_filter_fn", None)
-    )
+    state_dict = load_state_dict(checkpoint, prefer_ema=args.ema)
+    if args.model in list_models():
+        model = create_model(args.model, checkpoint_path=state_dict, num_classes=num_classes)
+    else:
+        model = load_checkpoint(timm.create_model(args.model, num_classes=num_classes), state_dict)
     model.to(info.device)
     if args.channels_last:
         model.to(memory_format=torch.channels_last)

@@ -46,7 +46,7 @@ from visionzoo.engine.distributed import (
 )
 from visionzoo.engine.evaluate import autocast_for, evaluate, resolve_eval_data_config
 from visionzoo.engine.logging import WandbRun, write_summary
-from visionzoo.models import check_model_name, create_model
+from visionzoo.models import check_model_name, create_model, list_models
 
 LAST = "last.pth"
 BEST = "best.pth"
@@ -70,7 +70,7 @@ def build_model(cfg: dict) -> nn.Module:
         num_classes=spec["num_classes"], drop_rate=spec["drop_rate"], drop_path_rate=spec["drop_path_rate"],
         **spec["kwargs"],
     )
-    if spec["checkpoint"]:
+    if spec["name"] in list_models() or spec["checkpoint"]:
         return create_model(spec["name"], checkpoint_path=spec["checkpoint"], **kwargs)
     return timm.create_model(spec["name"], **kwargs)
 

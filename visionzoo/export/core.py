@@ -9,7 +9,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import timm
 import torch
 from torch import nn
 
@@ -17,8 +16,7 @@ from visionzoo.export._files import ExportError, atomic_output, check_writable
 from visionzoo.export.formats import FORMATS, Format, dynamic_shapes, first_line, median_latency_ms, use_portable_layers
 from visionzoo.export.inputs import photo_batch, random_input, max_relative_error
 from visionzoo.layers.fuse import fuse_model
-from visionzoo.models._checkpoint import load_checkpoint
-from visionzoo.models._factory import check_model_name
+from visionzoo.models._factory import create_model
 
 DEFAULT_TOLERANCE = 1e-4
 MACOS_ONLY = "Core ML prediction needs macOS: not run here; conversion and the saved spec (input/output names, shapes) checked"
@@ -58,11 +56,7 @@ def build_model(name: str, checkpoint: str | Path | None = None, deploy: bool = 
                 model_kwargs: dict | None = None) -> nn.Module:
     """The eval-mode model to export: built with ``model_kwargs`` (e.g. other ``depths``), ``checkpoint`` loaded
     through the family's filter, BN folded if ``deploy``."""
-    check_model_name(name)
-    model = timm.create_model(name, **(model_kwargs or {}))
-    if checkpoint is not None:
-        family = __import__(type(model).__module__, fromlist=["checkpoint_filter_fn"])
-        load_checkpoint(model, checkpoint, filter_fn=getattr(family, "checkpoint_filter_fn", None))
+    model = create_model(name, checkpoint_path=checkpoint, **(model_kwargs or {}))
     model.eval()
     return fuse_model(model, inplace=True) if deploy else model
 
@@ -78,11 +72,11 @@ def _input_size(model: nn.Module, img_size: int | tuple[int, int] | None) -> tup
 def _parity_inputs(model, height, width, dynamic_batch, dynamic_size) -> dict[str, torch.Tensor]:
     """Named inputs: random at the traced shape, a second batch / size when dynamic, and the photographs."""
     cfg = model.pretrained_cfg
-    inputs = {f"random b{2 if dynamic_batch else 1} {height}x{width}": random_input(2 if dynamic_batch else 1, height, width)}
+    inputs = {f"random b{2 if dynamic_batch else 1} {height}x{width}": random_input(model, 2 if dynamic_batch else 1, height, width)}
     if dynamic_batch:
-        inputs[f"random b3 {height}x{width}"] = random_input(3, height, width, seed=1)
+        inputs[f"random b3 {height}x{width}"] = random_input(model, 3, height, width, seed=1)
     if dynamic_size:
-        inputs[f"random b1 {height + 32}x{width + 32}"] = random_input(1, height + 32, width + 32, seed=2)
+        inputs[f"random b1 {height + 32}x{width + 32}"] = random_input(model, 1, height + 32, width + 32, seed=2)
     photos = photo_batch(height, width, cfg["mean"], cfg["std"])
     if dynamic_batch:
         inputs[f"photos b3 {height}x{width}"] = photos
@@ -152,7 +146,7 @@ def export_model(
         result["status"] = "ok" if max(errors.values()) < tolerance else "mismatch"
         if latency_repeats:
             stage = "latency"
-            result["latency_ms_b1_median"] = median_latency_ms(run, random_input(1, height, width), latency_repeats)
+            result["latency_ms_b1_median"] = median_latency_ms(run, random_input(model, 1, height, width), latency_repeats)
     except Exception as error:  # an exporter or runtime failure is a result to report, not a crash
         result.update(status="failed", stage=stage, error=first_line(error), failing_op=failing_op(error))
     finally:

@@ -10,13 +10,16 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
+
+from visionzoo.models._registry import example_input
 
 PHOTOS = ("astronaut", "chelsea", "coffee")
 
 
-def random_input(batch: int, height: int, width: int, seed: int = 0) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(seed)
-    return torch.randn(batch, 3, height, width, generator=generator)
+def random_input(model: nn.Module, batch: int, height: int, width: int, seed: int = 0) -> torch.Tensor:
+    """The model family's declared example input (its channels, device and dtype), seeded."""
+    return example_input(model, batch, (height, width), torch.Generator().manual_seed(seed))
 
 
 def _photo(name: str) -> np.ndarray:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import timm
 import torch
 from mmengine.logging import MMLogger
 from mmengine.model import BaseModule
@@ -12,7 +11,8 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from visionzoo.models._checkpoint import CheckpointError, load_state_dict
-from visionzoo.models._factory import check_model_name
+from visionzoo.models._factory import create_model
+from visionzoo.models._registry import family_of
 
 
 def _first_param_index(names: list[str], module: str) -> int:
@@ -53,9 +53,11 @@ class VisionZooBackbone(BaseModule):
     ):
         super().__init__(init_cfg=None)
         self.pretrained_cfg = init_cfg
-        check_model_name(model_name)
         self.model_name = model_name
-        self.model = timm.create_model(model_name, drop_path_rate=drop_path_rate, **(model_kwargs or {}))
+        self.model = create_model(model_name, drop_path_rate=drop_path_rate, **(model_kwargs or {}))
+        input_kind = family_of(model_name).input_kind
+        if input_kind != "image":
+            raise ValueError(f"{model_name} takes {input_kind}; mmdet/mmseg backbones take images")
         levels = len(self.model.feature_info)
         self.out_indices = tuple(range(levels)) if out_indices is None else tuple(out_indices)
         bad = [index for index in self.out_indices if not -levels <= index < levels]
@@ -93,8 +95,7 @@ class VisionZooBackbone(BaseModule):
             state_dict = {key[len(prefix):]: value for key, value in state_dict.items() if key.startswith(prefix)}
             if not state_dict:
                 raise CheckpointError(f"{checkpoint} has no keys starting with prefix {prefix!r}")
-        family = __import__(type(self.model).__module__, fromlist=["checkpoint_filter_fn"])
-        state_dict = family.checkpoint_filter_fn(state_dict, self.model)
+        state_dict = family_of(self.model_name).checkpoint_filter_fn(state_dict, self.model)
         own = self.model.state_dict()
         missing = [key for key in own if key not in state_dict]
         if missing:

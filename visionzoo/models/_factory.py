@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import difflib
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from torch import nn
@@ -19,6 +20,7 @@ finally:
         del sys.modules["wandb"]
 
 from visionzoo.models._checkpoint import load_checkpoint
+from visionzoo.models._registry import family_of
 
 ZOO_PREFIX = "vz_"
 
@@ -46,15 +48,15 @@ def check_model_name(name: str) -> str:
     raise UnknownModelError(f"unknown model {name!r}.{hint} Run `visionzoo list` to see every zoo model.")
 
 
-def create_model(name: str, pretrained: bool = False, checkpoint_path: str | Path | None = None, **kwargs) -> nn.Module:
+def create_model(name: str, pretrained: bool = False, checkpoint_path: str | Path | Mapping | None = None,
+                 **kwargs) -> nn.Module:
     """``timm.create_model`` for zoo names, plus a checked name and an optional local checkpoint.
 
-    ``checkpoint_path`` may be in our layout or any layout the family's ``checkpoint_filter_fn``
-    converts (timm's, the official release's); it is loaded safely and strictly.
+    ``checkpoint_path`` (a file, or a state dict already loaded) may be in our layout or any layout the
+    family's ``checkpoint_filter_fn`` converts (timm's, the official release's); it is loaded safely and strictly.
     """
     check_model_name(name)
     model = timm.create_model(name, pretrained=pretrained, **kwargs)
     if checkpoint_path is not None:
-        module = __import__(type(model).__module__, fromlist=["checkpoint_filter_fn"])
-        load_checkpoint(model, checkpoint_path, filter_fn=getattr(module, "checkpoint_filter_fn", None))
+        load_checkpoint(model, checkpoint_path, filter_fn=family_of(name).checkpoint_filter_fn)
     return model

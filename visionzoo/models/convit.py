@@ -383,3 +383,8 @@ def vz_convit_small_plus(pretrained: bool = False, **kwargs) -> ConVit:
 @register_model
 def vz_convit_base_plus(pretrained: bool = False, **kwargs) -> ConVit:
     return _create_convit("vz_convit_base_plus", pretrained, **dict(MODEL_ARGS["vz_convit_base_plus"], **kwargs))
+
+
+from visionzoo.models._registry import Family, register_family  # noqa: E402  (the record closes the file)
+
+FAMILY = register_family(Family(name="convit", model_classes=(ConVit,), checkpoint_filter_fn=checkpoint_filter_fn))

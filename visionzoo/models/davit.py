@@ -389,3 +389,8 @@ def vz_davit_huge(pretrained: bool = False, **kwargs) -> DaViT:
 def vz_davit_giant(pretrained: bool = False, **kwargs) -> DaViT:
     """DaViT-G, window 7 at 224 as in timm; no weights."""
     return _variant("giant", pretrained, kwargs)
+
+
+from visionzoo.models._registry import Family, register_family  # noqa: E402  (the record closes the file)
+
+FAMILY = register_family(Family(name="davit", model_classes=(DaViT,), checkpoint_filter_fn=checkpoint_filter_fn))

@@ -563,3 +563,8 @@ def vz_halonet_h3(pretrained: bool = False, **kwargs) -> HaloNet:
 def vz_halonet_h4(pretrained: bool = False, **kwargs) -> HaloNet:
     """Paper HaloNet-H4 (b 12, h 2, rb 3.0, l3 12, final conv 1280), 384 px."""
     return _create("vz_halonet_h4", pretrained, **kwargs)
+
+
+from visionzoo.models._registry import Family, register_family  # noqa: E402  (the record closes the file)
+
+FAMILY = register_family(Family(name="halonet", model_classes=(HaloNet,), checkpoint_filter_fn=checkpoint_filter_fn))

@@ -397,3 +397,8 @@ def vz_litv2_medium(pretrained: bool = False, **kwargs) -> LITv2:
 def vz_litv2_base(pretrained: bool = False, **kwargs) -> LITv2:
     """LITv2-B: 86.5M params, 13.2 GMACs at 224 (83.6% top-1), 39.7 GMACs at 384 (84.7%)."""
     return _create_litv2("vz_litv2_base", pretrained, **dict(_VARIANTS["base"], **kwargs))
+
+
+from visionzoo.models._registry import Family, register_family  # noqa: E402  (the record closes the file)
+
+FAMILY = register_family(Family(name="litv2", model_classes=(LITv2,), checkpoint_filter_fn=checkpoint_filter_fn))

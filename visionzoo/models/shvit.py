@@ -359,3 +359,8 @@ def vz_shvit_s3(pretrained: bool = False, **kwargs: Any) -> Shvit:
 @register_model
 def vz_shvit_s4(pretrained: bool = False, **kwargs: Any) -> Shvit:
     return _create_shvit("vz_shvit_s4", pretrained, **dict(_VARIANTS["s4"], **kwargs))
+
+
+from visionzoo.models._registry import Family, register_family  # noqa: E402  (the record closes the file)
+
+FAMILY = register_family(Family(name="shvit", model_classes=(Shvit,), checkpoint_filter_fn=checkpoint_filter_fn))

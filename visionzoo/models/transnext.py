@@ -385,3 +385,8 @@ def vz_transnext_base(pretrained: bool = False, **kwargs) -> TransNeXt:
 @register_model
 def vz_transnext_micro_aaaa(pretrained: bool = False, **kwargs) -> TransNeXt:
     return _build("vz_transnext_micro_aaaa", pretrained, kwargs)
+
+
+from visionzoo.models._registry import Family, register_family  # noqa: E402  (the record closes the file)
+
+FAMILY = register_family(Family(name="transnext", model_classes=(TransNeXt,), checkpoint_filter_fn=checkpoint_filter_fn))
