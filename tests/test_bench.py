@@ -580,10 +580,10 @@ def test_vs_times_at_least_the_minimum_pairs_and_refuses_fewer_iters(capsys):
     schedule = check_vs_schedule(Schedule(warmup=0, time_budget=1.0, min_iters=2))
     zoo_times, other_times = measure_alternating(lambda: None, lambda: None, ScriptedTimer(5.0), schedule)
     assert len(zoo_times) == len(other_times) == MIN_PAIRS  # the budget alone would stop after 2
-    with pytest.raises(ValueError, match=f"at least {MIN_PAIRS} alternating pairs"):
+    with pytest.raises(ValueError, match=f"at least {MIN_PAIRS} alternating pairs to compare medians"):
         check_vs_schedule(Schedule(iters=MIN_PAIRS - 1))
     assert main(["bench", ZOO_NAME, "--vs", "timm", "--iters", "2"]) == 2
-    assert "--iters 2 gives 2: raise --iters or use --time-budget" in capsys.readouterr().err
+    assert "--iters 2 times only 2: raise --iters or use --time-budget" in capsys.readouterr().err
 
 
 def test_vs_efficiency_of_both_sides_comes_from_the_alternating_run(tiny_card):

@@ -122,8 +122,8 @@ def check_vs_schedule(schedule: Schedule) -> Schedule:
     """The schedule the side-by-side timing runs: at least :data:`MIN_PAIRS` pairs, or an error for --iters."""
     if schedule.time_budget is None:
         if schedule.iters < MIN_PAIRS:
-            raise ValueError(f"--vs compares medians of at least {MIN_PAIRS} alternating pairs; --iters "
-                             f"{schedule.iters} gives {schedule.iters}: raise --iters or use --time-budget")
+            raise ValueError(f"--vs needs at least {MIN_PAIRS} alternating pairs to compare medians; --iters "
+                             f"{schedule.iters} times only {schedule.iters}: raise --iters or use --time-budget")
         return schedule
     return dataclasses.replace(schedule, min_iters=max(schedule.min_iters, MIN_PAIRS))
 
