@@ -228,7 +228,8 @@ def test_export_failing_parity_keeps_the_previous_file(tmp_path):
     target.write_text("previous good export")
     record = export_model(CHEAPEST, "onnx", target, img_size=64, tolerance=0.0)  # nothing passes a zero tolerance
     assert record["status"] == "mismatch" and record["file"] is None
-    assert record["kept"] == f"{target} not written (error above --tolerance 0); the earlier file there is kept, unchanged"
+    assert record["kept"] == (f"{target} not written (error above --tolerance 0); "
+                              "the earlier file there is kept, unchanged")
     assert target.read_text() == "previous good export"
     assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]  # the rejected export is deleted, not left beside it
 

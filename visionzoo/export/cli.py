@@ -45,10 +45,11 @@ def add_export_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--dynamic-batch", action="store_true", help="export a dynamic batch dimension")
     parser.add_argument("--dynamic-size", action="store_true", help="export dynamic height and width")
     parser.add_argument("--img-size", type=_img_size,
-                        help="SIZE or HxW (default: the training checkpoint's input size, else the model's pretrained one)")
+                        help="SIZE or HxW (default: the training checkpoint's input size, else the model's "
+                        "pretrained one)")
     parser.add_argument("--checkpoint",
-                        help="weights to load (any layout the family's checkpoint_filter_fn reads); a `visionzoo train` "
-                        "checkpoint also gives the model name, class count and input size")
+                        help="weights to load (any layout the family's checkpoint_filter_fn reads); a "
+                        "`visionzoo train` checkpoint also gives the model name, class count and input size")
     parser.add_argument("--num-classes", type=int,
                         help="classifier outputs (default: the training checkpoint's, else the model's 1000)")
     parser.add_argument("--ema", action="store_true", help="export the EMA weights of a training checkpoint")
