@@ -26,7 +26,7 @@ from visionzoo.bench.runner import BenchArgumentError, BenchSettings, benchmark_
 from visionzoo.bench.runtimes import torch_runtime
 from visionzoo.bench.suite import run_suite
 from visionzoo.bench.timing import Schedule, WallTimer, measure, measure_alternating, summarize
-from visionzoo.bench.vs import perturb_parameters, speed_ratio, summarize_pair
+from visionzoo.bench.vs import MIN_PAIRS, check_vs_schedule, perturb_parameters, speed_ratio, summarize_pair
 from visionzoo.layers.fuse import fuse_model
 from visionzoo.models import Family, register_family, unregister_family
 from visionzoo.ops import REFERENCE, use_backend
@@ -144,6 +144,7 @@ def main(argv: list[str]) -> int:
 
 
 TINY = BenchSettings(batch_size=2, schedule=Schedule(warmup=0, iters=1))
+TINY_VS = BenchSettings(batch_size=2, schedule=Schedule(warmup=0, iters=MIN_PAIRS))  # the fewest pairs --vs times
 
 
 def test_summarize_median_percentiles_and_spread():
@@ -336,7 +337,7 @@ def test_compile_freezes_the_weights_of_the_deploy_form_only(monkeypatch):
 
 def test_vs_timm_copies_weights_checks_outputs_and_reports_the_ratio(tiny_card):
     timer = ScriptedTimer(seconds=0.5)
-    doc = run_suite([ZOO_NAME], TINY, vs="timm", timer=timer, matmul_size=16, progress=False)
+    doc = run_suite([ZOO_NAME], TINY_VS, vs="timm", timer=timer, matmul_size=16, progress=False)
     vs = doc["results"][0]["vs"]
     assert vs["status"] == "ok" and vs["against"] == TIMM_NAME and vs["kind"] == "timm_pair"
     assert vs["max_abs_diff"] <= 1e-6 and vs["speed_ratio"] == pytest.approx(1.0)
@@ -380,7 +381,7 @@ def test_a_failing_comparison_model_keeps_the_zoo_figures(tiny_card):
     def fixed_size_baseline(name: str, **kwargs) -> nn.Module:
         return nn.Sequential(nn.Flatten(), nn.Linear(3 * 384 * 384, 5))  # timed at its default 224 px: fails
 
-    doc = run_suite([ZOO_NAME], TINY, vs="resnet18", build_other=fixed_size_baseline, timer=ScriptedTimer(),
+    doc = run_suite([ZOO_NAME], TINY_VS, vs="resnet18", build_other=fixed_size_baseline, timer=ScriptedTimer(),
                     matmul_size=16, progress=False)
     record = doc["results"][0]
     assert record["error"] is None and record["infer"]["img_per_s"] > 0
@@ -403,7 +404,7 @@ def test_vs_timm_without_counterpart_is_noted(tiny_card):
 
 
 def test_outputs_files_and_readme_rendering(tiny_card, tmp_path):
-    doc = run_suite([ZOO_NAME], TINY, vs=TIMM_NAME, timer=ScriptedTimer(), matmul_size=16, progress=False,
+    doc = run_suite([ZOO_NAME], TINY_VS, vs=TIMM_NAME, timer=ScriptedTimer(), matmul_size=16, progress=False,
                     command="visionzoo bench vz_benchtest_tiny")
     doc["results"].append({"model": "vz_broken_x", "family": None, "top1": None, "vs": None, "error": "boom"})
     paths = report.write_outputs(doc, tmp_path / "out")
@@ -508,7 +509,8 @@ def test_committed_results_file_renders():
 @pytest.mark.parametrize("runtime", ["onnxruntime", "executorch"])
 def test_exported_runtime_checks_each_program_then_times_it(runtime, tiny_card):
     pytest.importorskip(runtime)
-    settings = BenchSettings(batch_size=2, runtime=runtime, train=False, schedule=Schedule(warmup=1, iters=2))
+    settings = BenchSettings(batch_size=2, runtime=runtime, train=False,
+                             schedule=Schedule(warmup=1, iters=MIN_PAIRS))
     doc = run_suite([ZOO_NAME], settings, vs="timm", timer=ScriptedTimer(seconds=0.25), matmul_size=16,
                     progress=False)
     report.validate_results(json.loads(json.dumps(doc)))
@@ -555,3 +557,118 @@ def test_markers_quoted_in_prose_are_left_alone_and_two_sections_refused():
     assert report.replace_between_markers(text, "new\n", "doc.md") == f"{quoted}{report.README_START}\nnew\n{report.README_END}\n"
     with pytest.raises(report.ResultsFormatError, match="has 2 .* sections; it needs exactly one"):
         report.replace_between_markers(text + text, "new\n", "doc.md")
+
+
+class CountingTimer(ScriptedTimer):
+    """Each call takes longer than the one before: a figure taken from one run cannot pass for another's."""
+
+    def time_call(self, fn) -> float:
+        fn()
+        self.calls.append("call")
+        return 0.01 * self.calls.count("call")
+
+
+def test_vs_ratio_comes_with_the_range_of_its_pairs():
+    zoo = [0.10, 0.10, 0.20, 0.10, 0.10]
+    other = [0.20, 0.15, 0.20, 0.30, 0.20]  # per-pair ratios 2, 1.5, 1, 3, 2
+    pair = summarize_pair(zoo, other, batch_size=4)
+    assert pair["speed_ratio"] == pytest.approx(0.20 / 0.10) and pair["pairs"] == 5
+    assert pair["speed_ratio_p10"] == pytest.approx(1.2) and pair["speed_ratio_p90"] == pytest.approx(2.6)
+    record = {"vs": {"status": "ok", "against": "timm_x", **pair}}
+    assert report.COLUMNS[-2][1](record) == "2.00× timm_x (1.20–2.60, 5 pairs)"
+    old_record = {"vs": {"status": "ok", "against": "timm_x", "speed_ratio": 2.0}}  # results from before the range
+    assert report.COLUMNS[-2][1](old_record) == "2.00× timm_x"
+
+
+def test_vs_times_at_least_the_minimum_pairs_and_refuses_fewer_iters(capsys):
+    schedule = check_vs_schedule(Schedule(warmup=0, time_budget=1.0, min_iters=2))
+    zoo_times, other_times = measure_alternating(lambda: None, lambda: None, ScriptedTimer(5.0), schedule)
+    assert len(zoo_times) == len(other_times) == MIN_PAIRS  # the budget alone would stop after 2
+    with pytest.raises(ValueError, match=f"at least {MIN_PAIRS} alternating pairs to compare medians"):
+        check_vs_schedule(Schedule(iters=MIN_PAIRS - 1))
+    assert main(["bench", ZOO_NAME, "--vs", "timm", "--iters", "2"]) == 2
+    assert "--iters 2 times only 2: raise --iters or use --time-budget" in capsys.readouterr().err
+
+
+def test_vs_efficiency_of_both_sides_comes_from_the_alternating_run(tiny_card):
+    doc = run_suite([ZOO_NAME], TINY_VS, vs="timm", timer=CountingTimer(), matmul_size=16, progress=False)
+    record = doc["results"][0]
+    vs, peak = record["vs"], doc["peak"]["gflops"]
+    ours = 2 * record["gmacs"] * vs["zoo_img_per_s"]
+    theirs = 2 * vs["other_gmacs"] * vs["other_img_per_s"]
+    assert vs["zoo_efficiency"]["fraction_of_peak"] == pytest.approx(ours / peak)
+    assert vs["other_efficiency"]["fraction_of_peak"] == pytest.approx(theirs / peak)
+    assert vs["zoo_img_per_s"] != pytest.approx(record["infer"]["img_per_s"])  # not the separate throughput run
+    cell = report.COLUMNS[-1][1](record)
+    assert cell == f"{100 * ours / peak:.1f}% / {100 * theirs / peak:.1f}%"
+    assert "ours / the other's efficiency, both from their img/s in that alternating run" in report.format_console(doc)
+    rows = report.table_rows(doc)
+    assert rows[0][-1] == cell
+
+
+def test_unwritable_output_dir_is_refused_before_any_measurement(tmp_path, capsys, monkeypatch):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    monkeypatch.setattr("visionzoo.bench.cli.run_suite", lambda *args, **kwargs: pytest.fail("measured anyway"))
+    assert main(["bench", ZOO_NAME, "--output-dir", str(blocker / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot create the output folder" in err and "--output-dir" in err
+    (tmp_path / "out" / "bench.json").mkdir(parents=True)
+    assert main(["bench", ZOO_NAME, "--output-dir", str(tmp_path / "out")]) == 2
+    assert "bench.json is a folder" in capsys.readouterr().err
+
+
+def test_results_are_printed_before_a_write_that_fails(tmp_path, capsys, monkeypatch):
+    def disk_full(doc, output_dir):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("visionzoo.bench.cli.write_outputs", disk_full)
+    code = main(["bench", ZOO_NAME, "--batch-size", "2", "--warmup", "0", "--iters", "1", "--no-train",
+                 "--matmul-size", "32", "--no-progress", "--output-dir", str(tmp_path)])
+    captured = capsys.readouterr()
+    assert code == 1 and f"\n{ZOO_NAME}" in captured.out and "Peak:" in captured.out
+    assert "the results above could not be written" in captured.err and "No space left on device" in captured.err
+
+
+def test_a_failed_write_keeps_the_earlier_results_file(tiny_card, tmp_path, monkeypatch):
+    doc = run_suite([ZOO_NAME], TINY, timer=ScriptedTimer(), matmul_size=16, progress=False)
+    (tmp_path / "bench.json").write_text("earlier results\n")
+
+    def broken_dumps(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(report.json, "dumps", broken_dumps)
+    with pytest.raises(OSError):
+        report.write_outputs(doc, tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["bench.json"]
+    assert (tmp_path / "bench.json").read_text() == "earlier results\n"
+
+
+def _bench_json(tmp_path, *argv) -> dict:
+    code = main(["bench", *argv, "--batch-size", "2", "--warmup", "0", "--iters", "1", "--no-train",
+                 "--matmul-size", "32", "--no-progress", "--output-dir", str(tmp_path / "out")])
+    assert code == 0
+    return report.load_results(tmp_path / "out" / "bench.json")
+
+
+def test_checkpoint_gives_the_trained_class_count_and_input_size(tmp_path):
+    trained = TinyAttentionNet(num_classes=3)
+    checkpoint = tmp_path / "best.pth"
+    torch.save({"model": trained.state_dict(), "epoch": 4,
+                "config": {"model": {"name": ZOO_NAME, "num_classes": 3, "kwargs": {}}, "data": {"input_size": 24}}},
+               checkpoint)
+    record = _bench_json(tmp_path, "--checkpoint", str(checkpoint))["results"][0]
+    assert record["model"] == ZOO_NAME and record["input_size"] == [3, 24, 24]
+    assert record["params"] == count_params(trained)
+    record = _bench_json(tmp_path, ZOO_NAME, "--num-classes", "3")["results"][0]
+    assert record["params"] == count_params(trained) and record["input_size"] == [3, 16, 16]
+
+
+def test_checkpoint_of_a_plain_state_dict_needs_the_class_count(tmp_path, capsys):
+    checkpoint = tmp_path / "weights.pth"
+    torch.save(TinyAttentionNet(num_classes=3).state_dict(), checkpoint)
+    assert main(["bench", ZOO_NAME, "--checkpoint", str(checkpoint)]) == 2
+    err = capsys.readouterr().err
+    assert "head.weight: checkpoint (3, 8) vs model (5, 8)" in err and "pass --num-classes N" in err
+    assert main(["bench", ZOO_NAME, "vz_other", "--checkpoint", str(checkpoint)]) == 2
+    assert "--checkpoint holds one model" in capsys.readouterr().err

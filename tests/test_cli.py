@@ -55,3 +55,17 @@ def test_list_writes_the_readme_zoo_table(tmp_path, capsys):
     readme.write_text("no markers here\n")
     assert main(["list", names[0], "--details", "--readme", str(readme)]) == 2
     assert "<!-- zoo:start -->" in capsys.readouterr().err
+
+
+def test_version_is_the_package_version():
+    result = subprocess.run([sys.executable, "-m", "visionzoo", "--version"], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout == f"visionzoo {visionzoo.__version__}\n"
+
+
+def test_a_reader_that_stops_early_gets_no_traceback():
+    """`visionzoo list | head -1`: the reader leaves before the list is written (here: before the process starts)."""
+    proc = subprocess.Popen([sys.executable, "-m", "visionzoo", "list"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    proc.stderr.close()
+    assert proc.wait() == 141 and err == ""

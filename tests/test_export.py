@@ -7,6 +7,7 @@ import os
 from unittest import mock
 
 import pytest
+import timm
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
@@ -15,8 +16,8 @@ from torchvision.ops import deform_conv2d
 from _zoo import input_sizes, smallest_per_family
 from visionzoo.export import ExportError, add_export_parser, export_model
 from visionzoo.export._files import atomic_output
-from visionzoo.export.core import failing_op
-from visionzoo.export.inputs import max_relative_error, photo_batch
+from visionzoo.export.core import build_model, failing_op
+from visionzoo.export.inputs import max_relative_error, photo_batch, random_input
 from visionzoo.export.matrix import (
     README_END, README_START, markdown_table, merge_results, run_matrix, select_models, update_readme,
 )
@@ -219,6 +220,98 @@ def test_failed_write_leaves_no_partial_output_and_keeps_the_old_one(tmp_path):
             raise RuntimeError("converter crashed")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
     assert target.read_text() == "previous export"
+
+
+def test_export_failing_parity_keeps_the_previous_file(tmp_path):
+    pytest.importorskip("onnxruntime")
+    target = tmp_path / "m.onnx"
+    target.write_text("previous good export")
+    record = export_model(CHEAPEST, "onnx", target, img_size=64, tolerance=0.0)  # nothing passes a zero tolerance
+    assert record["status"] == "mismatch" and record["file"] is None
+    assert record["kept"] == (f"{target} not written (error above --tolerance 0); "
+                              "the earlier file there is kept, unchanged")
+    assert target.read_text() == "previous good export"
+    assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]  # the rejected export is deleted, not left beside it
+
+
+def _training_checkpoint(path, name=CHEAPEST, num_classes=3, input_size=64, ema=True):
+    """A checkpoint as `visionzoo train` writes it: weights, EMA weights and the run's whole config."""
+    from visionzoo.engine.config import load_config
+
+    config = load_config(None, [f"model.name={name}", f"model.num_classes={num_classes}",
+                                f"data.input_size={input_size}"])
+    torch.manual_seed(0)
+    model = timm.create_model(name, num_classes=num_classes)
+    state = {"model": model.state_dict(), "epoch": 7, "config": config}
+    if ema:
+        state["model_ema"] = {key: value + 1 if value.is_floating_point() else value
+                              for key, value in model.state_dict().items()}
+    torch.save(state, path)
+    return state
+
+
+def test_training_checkpoint_gives_the_model_class_count_and_input_size(tmp_path):
+    state = _training_checkpoint(tmp_path / "best.pth")
+    model, setup = build_model(None, tmp_path / "best.pth")
+    assert setup.model_name == CHEAPEST and setup.num_classes == 3 and setup.input_size == 64
+    assert model.num_classes == 3 and not model.training
+    torch.testing.assert_close(model.state_dict(), state["model"])
+    ema_model, _ = build_model(CHEAPEST, tmp_path / "best.pth", ema=True)
+    torch.testing.assert_close(ema_model.state_dict(), state["model_ema"])
+    with pytest.raises(ValueError, match=f"was trained as {CHEAPEST}, not vz_other_model"):
+        build_model("vz_other_model", tmp_path / "best.pth")
+    _training_checkpoint(tmp_path / "no_ema.pth", ema=False)
+    with pytest.raises(CheckpointError, match="holds no EMA weights"):
+        build_model(None, tmp_path / "no_ema.pth", ema=True)
+
+
+def test_plain_state_dict_of_a_fine_tune_needs_num_classes(tmp_path):
+    weights = timm.create_model(CHEAPEST, num_classes=3).state_dict()
+    torch.save(weights, tmp_path / "weights.pth")
+    with pytest.raises(CheckpointError, match="default 1000 classes .* pass --num-classes N"):
+        build_model(CHEAPEST, tmp_path / "weights.pth")
+    model, setup = build_model(CHEAPEST, tmp_path / "weights.pth", num_classes=3)
+    assert model.num_classes == 3 and setup.input_size is None
+    with pytest.raises(ValueError, match="does not record which model"):
+        build_model(None, tmp_path / "weights.pth", num_classes=3)
+
+
+def test_crafted_checkpoint_is_refused_by_export_without_running_it(tmp_path):
+    class Payload:
+        def __reduce__(self):
+            return (os.mkdir, (str(tmp_path / "pwned"),))
+
+    torch.save({"model": {}, "config": Payload()}, tmp_path / "evil.pth")
+    with pytest.raises(CheckpointError, match="Nothing from the file was executed"):
+        build_model(CHEAPEST, tmp_path / "evil.pth")
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_cli_exports_a_fine_tuned_checkpoint_by_itself(tmp_path, capsys):
+    ort = pytest.importorskip("onnxruntime")
+    _training_checkpoint(tmp_path / "best.pth")
+    out = tmp_path / "fine_tuned.onnx"
+    args = _parse(["--checkpoint", str(tmp_path / "best.pth"), "--format", "onnx", "--out", str(out),
+                   "--latency-repeats", "0"])
+    assert args.func(args) == 0
+    printed = capsys.readouterr().out
+    assert f"{CHEAPEST} -> onnx: ok" in printed and "num_classes: 3" in printed
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].shape == [1, 3, 64, 64]
+    assert session.run(None, {"image": torch.randn(1, 3, 64, 64).numpy()})[0].shape == (1, 3)
+
+
+def test_matrix_refuses_an_unwritable_results_file_before_exporting(tmp_path, monkeypatch):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    monkeypatch.setattr("visionzoo.export.cli.run_matrix", lambda *args, **kwargs: pytest.fail("exported anyway"))
+    args = _parse(["--matrix", CHEAPEST, "--format", "onnx", "--out", str(blocker / "matrix.json")])
+    with pytest.raises(ExportError, match="cannot create the output folder"):
+        args.func(args)
+    args = _parse(["--matrix", CHEAPEST, "--format", "onnx", "--out", str(tmp_path / "m.json"),
+                   "--markdown", str(blocker / "m.md")])
+    with pytest.raises(ExportError, match="cannot create the output folder"):
+        args.func(args)
 
 
 def test_markdown_keeps_failures_and_readme_section_is_regenerated(tmp_path):

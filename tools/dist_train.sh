@@ -9,8 +9,11 @@ if [ $# -lt 2 ]; then
 fi
 NPROC=$1
 shift
-cd "$(dirname "$0")/.."
-PYTHON=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python)}
+# Relative paths in the arguments are the caller's: this runs in the folder it is called from and finds the
+# checkout (its .venv, its visionzoo package) from its own location.
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+PYTHON=${PYTHON:-$([ -x "$ROOT/.venv/bin/python" ] && echo "$ROOT/.venv/bin/python" || echo python3)}
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 NNODES=${NNODES:-1}
 if [ -n "${RDZV_ENDPOINT:-}" ]; then
     RENDEZVOUS=(--rdzv-backend=c10d --rdzv-endpoint="$RDZV_ENDPOINT" --rdzv-id="${RDZV_ID:-visionzoo}")

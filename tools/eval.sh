@@ -2,6 +2,9 @@
 # Evaluate: tools/eval.sh MODEL --checkpoint PATH --data-dir DIR [--ema] [--input-size N] [--crop-pct F] ...
 # Prints and writes top-1, top-5, loss, parameters and images/s (JSON beside the checkpoint unless --output).
 set -euo pipefail
-cd "$(dirname "$0")/.."
-PYTHON=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python)}
+# Relative paths in the arguments are the caller's: this runs in the folder it is called from and finds the
+# checkout (its .venv, its visionzoo package) from its own location.
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+PYTHON=${PYTHON:-$([ -x "$ROOT/.venv/bin/python" ] && echo "$ROOT/.venv/bin/python" || echo python3)}
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 exec "$PYTHON" -m visionzoo eval "$@"

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -124,7 +125,10 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from visionzoo import __version__
+
     parser = argparse.ArgumentParser(prog="visionzoo", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True)
 
     list_parser = subparsers.add_parser("list", help="list registered zoo models")
@@ -159,10 +163,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # output still buffered meets a reader that left here, not in the exit's own flush
+        return code
     except (UnknownModelError, CheckpointError, CardError, ValueError) as error:
         print(f"visionzoo {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        return _reader_went_away()
+
+
+def _reader_went_away() -> int:
+    """The reader of our output left (``visionzoo list | head``): stop quietly, as a tool killed by SIGPIPE does.
+
+    Output still buffered would fail again at exit, so stdout is pointed at /dev/null first."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 128 + 13  # the status a shell reports for SIGPIPE, so `set -o pipefail` sees what happened
 
 
 if __name__ == "__main__":

@@ -6,18 +6,26 @@ Wire into the ``visionzoo`` command with ``add_bench_parser(subparsers)``; the p
 from __future__ import annotations
 
 import argparse
+import functools
 import shlex
 import sys
 from pathlib import Path
+from typing import Callable
 
-from visionzoo.bench.report import ResultsFormatError, format_console, render_readme, write_outputs
+import timm
+from torch import nn
+
+from visionzoo.bench.report import (
+    ResultsFormatError, check_output_dir, format_console, render_readme, write_outputs,
+)
 from visionzoo.bench.runner import DEFAULT_BATCH_SIZE, BenchArgumentError, BenchSettings
 from visionzoo.bench.runtimes import available_runtimes
 from visionzoo.bench.suite import run_suite
 from visionzoo.bench.timing import Schedule
-from visionzoo.bench.vs import check_baseline_name
+from visionzoo.bench.vs import check_baseline_name, check_vs_schedule
+from visionzoo.export.trained import create_trained_model
 from visionzoo.models._cards import CARDS_DIR, load_cards
-from visionzoo.models._factory import UnknownModelError, check_model_name, list_models
+from visionzoo.models._factory import UnknownModelError, check_model_name, create_model, list_models
 
 DEFAULT_OUTPUT_DIR = Path("output/bench")
 DEFAULT_README_PLOT = Path("docs/images/bench_top1_vs_throughput.png")
@@ -72,7 +80,13 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     parser.add_argument("--list", action="store_true", help="print the models that would be measured and stop")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     parser.add_argument("--batch-size", type=int, help="throughput batch size (default: 32 on cpu, 256 on cuda)")
-    parser.add_argument("--img-size", type=int, help="square input size (default: each model's own)")
+    parser.add_argument("--img-size", type=int,
+                        help="square input size (default: the --checkpoint's training size, else each model's own)")
+    parser.add_argument("--checkpoint", type=Path,
+                        help="measure one model as trained: weights, and from a `visionzoo train` checkpoint its "
+                             "class count, input size and model arguments (the model name may then be left out)")
+    parser.add_argument("--num-classes", type=int,
+                        help="classifier outputs of the measured models (default: the --checkpoint's, else 1000)")
     parser.add_argument("--dtype", default="fp32", help="fp32, bf16 or fp16 (autocast; fp16 only on cuda)")
     parser.add_argument("--channels-last", action="store_true", help="NHWC memory format for weights and inputs")
     parser.add_argument("--compile", action="store_true", help="torch.compile the models")
@@ -104,7 +118,7 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     return parser
 
 
-def _settings(args: argparse.Namespace) -> BenchSettings:
+def _settings(args: argparse.Namespace, trained_size: int | None = None) -> BenchSettings:
     preset = DEFAULT_SET_SETTINGS if args.default_set else {}
     device_type = args.device.split(":")[0]
     time_budget = args.time_budget if args.iters is None else None
@@ -117,10 +131,19 @@ def _settings(args: argparse.Namespace) -> BenchSettings:
     )
     batch_size = args.batch_size if args.batch_size is not None else preset.get(
         "batch_size", DEFAULT_BATCH_SIZE.get(device_type, 32))
-    return BenchSettings(device=args.device, batch_size=batch_size, img_size=args.img_size, dtype=args.dtype,
+    img_size = args.img_size if args.img_size is not None else trained_size
+    return BenchSettings(device=args.device, batch_size=batch_size, img_size=img_size, dtype=args.dtype,
                          channels_last=args.channels_last, compile=args.compile, deploy=args.deploy,
                          runtime=args.runtime, schedule=schedule,
                          train=not args.no_train and args.runtime == "torch")
+
+
+def _trained_model(args: argparse.Namespace) -> tuple[list[str], Callable[[str], nn.Module], int | None, int]:
+    """With --checkpoint: the one model it holds, built from it, its training input size and class count."""
+    if args.default_set or len(args.models) > 1 or any(char in "".join(args.models) for char in "*?["):
+        raise BenchArgumentError("--checkpoint holds one model: name that model, or none to take the checkpoint's")
+    model, setup = create_trained_model(args.models[0] if args.models else None, args.checkpoint, args.num_classes)
+    return [setup.model_name], lambda name: model, setup.input_size, model.num_classes
 
 
 def _invocation(argv: list[str] | None) -> str:
@@ -137,24 +160,45 @@ def run_bench(args: argparse.Namespace, argv: list[str] | None = None) -> int:
             return 0
         if args.default_set and args.models:
             raise BenchArgumentError("give model names or --default-set, not both")
-        if not args.default_set and not args.models:
+        if not args.default_set and not args.models and args.checkpoint is None:
             raise BenchArgumentError("name the models to measure (e.g. vz_shvit_s1 or 'vz_*'), or use --default-set")
-        names = default_model_set() if args.default_set else resolve_models(args.models)
+        if args.num_classes is not None and args.num_classes < 1:
+            raise BenchArgumentError(f"--num-classes must be at least 1, got {args.num_classes}")
+        build, build_other = create_model, timm.create_model
+        trained_size, classes = None, args.num_classes
+        if args.checkpoint is not None:
+            names, build, trained_size, classes = _trained_model(args)
+        else:
+            names = default_model_set() if args.default_set else resolve_models(args.models)
+            if classes is not None:
+                build = functools.partial(create_model, num_classes=classes)
         if args.list:
             print("\n".join(names))
             return 0
-        settings = _settings(args)
+        settings = _settings(args, trained_size)
         settings.validate()
         vs = check_baseline_name(args.vs) if args.vs else None
+        if vs is not None:
+            check_vs_schedule(settings.schedule)
+        if classes is not None:
+            # A --vs baseline gets the same head as the measured model (timm pairs are built to match it anyway).
+            build_other = functools.partial(timm.create_model, num_classes=classes)
         if args.threads is not None and args.threads < 1:
             raise BenchArgumentError(f"--threads must be at least 1, got {args.threads}")
+        check_output_dir(args.output_dir)
     except (BenchArgumentError, UnknownModelError, ResultsFormatError, ValueError) as error:
         print(f"visionzoo bench: error: {error}", file=sys.stderr)
         return 2
-    doc = run_suite(names, settings, vs=vs, threads=args.threads, matmul_size=args.matmul_size,
-                    progress=not args.no_progress, command=_invocation(argv))
-    paths = write_outputs(doc, args.output_dir)
+    doc = run_suite(names, settings, vs=vs, threads=args.threads, build=build, build_other=build_other,
+                    matmul_size=args.matmul_size, progress=not args.no_progress, command=_invocation(argv))
     print(format_console(doc))
+    try:
+        paths = write_outputs(doc, args.output_dir)
+    except (OSError, BenchArgumentError) as error:
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else error
+        print(f"visionzoo bench: error: the results above could not be written to {args.output_dir}: {reason}",
+              file=sys.stderr)
+        return 1
     print("\nwrote " + ", ".join(str(path) for path in paths.values()))
     if "plot" not in paths:
         print("plot skipped: matplotlib is not installed (pip install 'visionzoo[bench]')")

@@ -8,13 +8,17 @@ The JSON document (schema ``visionzoo.bench/1``) has ``machine`` (CPU model, cor
 """
 from __future__ import annotations
 
+import contextlib
 import csv
+import importlib.util
 import json
 import os
+import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from visionzoo._markers import MarkerError, replace_marked_block
+from visionzoo.bench.runner import BenchArgumentError
 from visionzoo.bench.suite import SCHEMA
 
 README_START = "<!-- bench:start -->"
@@ -84,7 +88,18 @@ def _vs_cell(record: dict) -> str:
         return "—"
     if vs.get("status") != "ok":
         return f"{vs.get('status')}"
-    return f"{vs['speed_ratio']:.2f}× {vs['against']}"
+    cell = f"{vs['speed_ratio']:.2f}× {vs['against']}"
+    if vs.get("speed_ratio_p10") is None:  # results written before the ratio's range was recorded
+        return cell
+    return f"{cell} ({vs['speed_ratio_p10']:.2f}–{vs['speed_ratio_p90']:.2f}, {vs['pairs']} pairs)"
+
+
+def _vs_efficiency_cell(record: dict) -> str:
+    other = _get(record, "vs", "other_efficiency", "fraction_of_peak")
+    ours = _get(record, "vs", "zoo_efficiency", "fraction_of_peak")
+    if ours is None or other is None:
+        return _percent(other)
+    return f"{_percent(ours)} / {_percent(other)}"
 
 
 # (header, value as text) for every column of the console / Markdown table and, unformatted, the CSV.
@@ -104,7 +119,7 @@ COLUMNS: list[tuple[str, Callable[[dict], str]]] = [
     ("eff.", lambda r: _percent(_get(r, "efficiency", "infer", "fraction_of_peak"))),
     ("train eff.", lambda r: _percent(_get(r, "efficiency", "train", "fraction_of_peak"))),
     ("vs", _vs_cell),
-    ("vs eff.", lambda r: _percent(_get(r, "vs", "other_efficiency", "fraction_of_peak"))),
+    ("vs eff.", _vs_efficiency_cell),
 ]
 
 CSV_FIELDS: dict[str, tuple[str, ...]] = {
@@ -116,6 +131,8 @@ CSV_FIELDS: dict[str, tuple[str, ...]] = {
     "mem_train_mb": ("memory", "train", "mb"), "efficiency_infer": ("efficiency", "infer", "fraction_of_peak"),
     "efficiency_train": ("efficiency", "train", "fraction_of_peak"), "vs_against": ("vs", "against"),
     "vs_status": ("vs", "status"), "vs_speed_ratio": ("vs", "speed_ratio"),
+    "vs_speed_ratio_p10": ("vs", "speed_ratio_p10"), "vs_speed_ratio_p90": ("vs", "speed_ratio_p90"),
+    "vs_pairs": ("vs", "pairs"), "vs_zoo_efficiency_infer": ("vs", "zoo_efficiency", "fraction_of_peak"),
     "vs_efficiency_infer": ("vs", "other_efficiency", "fraction_of_peak"), "error": ("error",),
 }
 
@@ -141,11 +158,21 @@ def header_lines(doc: dict) -> list[str]:
         f"Peak: {peak['gflops']:.1f} GFLOP/s ({peak['dtype']} {peak['matmul_size']}² matmul, "
         f"median{_peak_source(peak)}); efficiency = model GFLOP/s (2 × MACs × img/s) / peak.",
         f"MACs: {doc['notes']['macs']}",
-        *(["vs: our img/s ÷ the other implementation's at the same batch, timed alternately (> 1: ours is faster); "
-           "timm pairs share weights and their outputs are checked first. vs eff.: the other's efficiency from "
-           "its img/s in that run."] if compared else []),
+        *([_vs_note(doc)] if compared else []),
         *_exported_runtime_lines(doc),
     ]
+
+
+def _vs_note(doc: dict) -> str:
+    records = [record["vs"] for record in doc["results"] if record.get("vs")]
+    note = ("vs: our img/s ÷ the other implementation's at the same batch, timed alternately (> 1: ours is faster); "
+            "timm pairs share weights and their outputs are checked first.")
+    if any(vs.get("speed_ratio_p10") is not None for vs in records):
+        note += (" In brackets: p10–p90 of the ratio within each alternating pair, and the number of pairs; a range "
+                 "that spans 1 means neither is reliably faster.")
+    if any(vs.get("zoo_efficiency") for vs in records):
+        return note + " vs eff.: ours / the other's efficiency, both from their img/s in that alternating run."
+    return note + " vs eff.: the other's efficiency from its img/s in that run."
 
 
 def _peak_source(peak: dict) -> str:
@@ -210,12 +237,41 @@ def format_markdown(doc: dict) -> str:
     return "\n".join([*lines, "", *notes]) + "\n"
 
 
+@contextlib.contextmanager
+def _replacing(path: Path) -> Iterator[Path]:
+    """A temporary file beside ``path`` that replaces it once written; a failed write leaves ``path`` as it was."""
+    handle, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".partial{path.suffix}", dir=path.parent)
+    os.close(handle)
+    temp = Path(name)
+    try:
+        yield temp
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def check_output_dir(output_dir: Path) -> None:
+    """Raise BenchArgumentError unless the results can be written into ``output_dir`` (created if missing)."""
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise BenchArgumentError(f"cannot create the output folder {output_dir}: {error.strerror or error}; "
+                                 "choose another --output-dir") from None
+    if not os.access(output_dir, os.W_OK | os.X_OK):
+        raise BenchArgumentError(f"cannot write to {output_dir} (permission denied); choose another --output-dir")
+    folders = [name for name in OUTPUT_NAMES.values() if (output_dir / name).is_dir()]
+    if folders:
+        raise BenchArgumentError(f"{output_dir / folders[0]} is a folder, where the results file goes; "
+                                 "choose another --output-dir")
+
+
 def write_json(doc: dict, path: Path) -> None:
-    path.write_text(json.dumps(doc, indent=2, sort_keys=False) + "\n")
+    with _replacing(path) as temp:
+        temp.write_text(json.dumps(doc, indent=2, sort_keys=False) + "\n")
 
 
 def write_csv(doc: dict, path: Path) -> None:
-    with path.open("w", newline="") as handle:
+    with _replacing(path) as temp, temp.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(CSV_FIELDS))
         writer.writeheader()
         for record in doc["results"]:
@@ -270,14 +326,20 @@ def write_plot(doc: dict, path: Path) -> str | None:
 
 
 def write_outputs(doc: dict, output_dir: Path) -> dict[str, Path]:
-    """Write JSON, CSV, Markdown and the plot into ``output_dir``; returns what was written, by kind."""
-    output_dir.mkdir(parents=True, exist_ok=True)
+    """Write JSON, CSV, Markdown and the plot into ``output_dir``; returns what was written, by kind.
+
+    Each file is written under a temporary name and renamed, so a failed write keeps the earlier file."""
+    check_output_dir(output_dir)
     paths = {kind: output_dir / name for kind, name in OUTPUT_NAMES.items()}
     write_json(doc, paths["json"])
     write_csv(doc, paths["csv"])
-    paths["markdown"].write_text("# visionzoo bench\n\n" + format_markdown(doc))
-    if write_plot(doc, paths["plot"]) is not None:
+    with _replacing(paths["markdown"]) as temp:
+        temp.write_text("# visionzoo bench\n\n" + format_markdown(doc))
+    if importlib.util.find_spec("matplotlib") is None:
         del paths["plot"]
+    else:
+        with _replacing(paths["plot"]) as temp:
+            write_plot(doc, temp)
     return paths
 
 

@@ -23,7 +23,7 @@ SCHEMA = "visionzoo.bench/1"
 PHASES = ("build", "count", "runtime", "memory", "throughput", "latency", "train", "vs")
 
 
-def _time_against(zoo_model: nn.Module, settings: BenchSettings, timer: Timer, vs: str,
+def _time_against(zoo_model: nn.Module, zoo_macs: float, settings: BenchSettings, timer: Timer, vs: str,
                   pair: dict | None, build_other: Callable[[str], nn.Module]) -> dict:
     zoo_size = input_size_of(zoo_model, settings.img_size)
     if pair is not None:
@@ -36,8 +36,9 @@ def _time_against(zoo_model: nn.Module, settings: BenchSettings, timer: Timer, v
     with use_backend(REFERENCE):  # counted as our own models are, should the other be a zoo model
         other_macs = count_macs(other, other_size)
     timed = time_side_by_side(zoo_model, other, settings, timer, zoo_size, other_size)
-    # The other model's efficiency by the same measure, from its img/s in the alternating run.
+    # Both sides' efficiency by the same measure from the alternating run, so that the two compare like the ratio.
     return {**pair, **timed, "other_gmacs": other_macs / 1e9,
+            "zoo_efficiency": efficiency_of(zoo_macs, timed["zoo_img_per_s"]),
             "other_efficiency": efficiency_of(other_macs, timed["other_img_per_s"])}
 
 
@@ -64,16 +65,16 @@ def benchmark_one(name: str, settings: BenchSettings, timer: Timer, vs: str | No
     if vs is not None:
         on_phase("vs")
         record["vs"] = pair if pair is not None and "status" in pair else _side_by_side_or_why_not(
-            built["model"], settings, timer, vs, pair, build_other)
+            built["model"], record["gmacs"] * 1e9, settings, timer, vs, pair, build_other)
     return record
 
 
-def _side_by_side_or_why_not(zoo_model: nn.Module, settings: BenchSettings, timer: Timer,
+def _side_by_side_or_why_not(zoo_model: nn.Module, zoo_macs: float, settings: BenchSettings, timer: Timer,
                              vs: str, pair: dict | None, build_other: Callable[[str], nn.Module]) -> dict:
     """The comparison's record; if the other model cannot run (e.g. a fixed input size), why, without losing ours."""
     against = pair["against"] if pair else vs
     try:
-        return _time_against(zoo_model, settings, timer, vs, pair, build_other)
+        return _time_against(zoo_model, zoo_macs, settings, timer, vs, pair, build_other)
     except Exception as error:  # noqa: BLE001  (the zoo model's own figures are already measured)
         return {"against": against, "kind": "timm_pair" if pair else "baseline", "status": "error",
                 "message": f"timing {against} failed: {type(error).__name__}: {error}"}
@@ -81,7 +82,8 @@ def _side_by_side_or_why_not(zoo_model: nn.Module, settings: BenchSettings, time
 
 def _divide_by_peak(results: list[dict], peak_gflops: float) -> None:
     for record in results:
-        achieved = [*(record.get("efficiency") or {}).values(), (record.get("vs") or {}).get("other_efficiency")]
+        vs = record.get("vs") or {}
+        achieved = [*(record.get("efficiency") or {}).values(), vs.get("zoo_efficiency"), vs.get("other_efficiency")]
         for entry in achieved:
             if entry:
                 entry["fraction_of_peak"] = entry["gflops"] / peak_gflops

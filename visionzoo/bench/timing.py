@@ -96,7 +96,7 @@ def measure_alternating(fn_a: Callable[[], object], fn_b: Callable[[], object], 
     return times_a, times_b
 
 
-def _quantile(sorted_values: list[float], q: float) -> float:
+def quantile(sorted_values: list[float], q: float) -> float:
     """Linear interpolation between closest ranks (numpy's default), defined for a single value too."""
     position = q * (len(sorted_values) - 1)
     low = int(position)
@@ -110,7 +110,7 @@ def summarize(times: list[float]) -> dict[str, float | int]:
         raise ValueError("no timings to summarise: measure at least one repetition")
     ordered = sorted(times)
     median = statistics.median(ordered)
-    p10, p90 = _quantile(ordered, 0.1), _quantile(ordered, 0.9)
+    p10, p90 = quantile(ordered, 0.1), quantile(ordered, 0.9)
     return {
         "n": len(ordered),
         "median_s": median,

@@ -8,6 +8,7 @@ abandoned with a message saying by how much they differ.
 from __future__ import annotations
 
 import difflib
+import dataclasses
 from typing import Callable
 
 import timm
@@ -16,12 +17,15 @@ from torch import nn
 
 from visionzoo.bench.runner import BenchSettings, deploy_form, input_size_of, make_images
 from visionzoo.bench.runtimes import get_runtime
-from visionzoo.bench.timing import Timer, measure_alternating, summarize
+from visionzoo.bench.timing import Schedule, Timer, measure_alternating, quantile, summarize
 from visionzoo.models._registry import example_input, family_of
 
 TIMM = "timm"
 MATCH_RTOL = 1e-3
 MATCH_ATOL = 1e-4
+# A ratio of two medians from fewer timed pairs says little: --time-budget runs go on to this many pairs, and a
+# --iters below it is refused with --vs.
+MIN_PAIRS = 5
 
 
 class PairMismatchError(RuntimeError):
@@ -104,6 +108,23 @@ def speed_ratio(zoo_times: list[float], other_times: list[float]) -> float:
     return summarize(other_times)["median_s"] / summarize(zoo_times)["median_s"]
 
 
+def pair_ratio_range(zoo_times: list[float], other_times: list[float]) -> tuple[float, float]:
+    """p10 and p90 of the ratio within each alternating pair (other's time over ours): how far the ratio of
+    medians could move on another run. Pairs share the moment they ran at, so load and clock drifts cancel."""
+    ratios = sorted(other / zoo for zoo, other in zip(zoo_times, other_times))
+    return quantile(ratios, 0.1), quantile(ratios, 0.9)
+
+
+def check_vs_schedule(schedule: Schedule) -> Schedule:
+    """The schedule the side-by-side timing runs: at least :data:`MIN_PAIRS` pairs, or an error for --iters."""
+    if schedule.time_budget is None:
+        if schedule.iters < MIN_PAIRS:
+            raise ValueError(f"--vs needs at least {MIN_PAIRS} alternating pairs to compare medians; --iters "
+                             f"{schedule.iters} times only {schedule.iters}: raise --iters or use --time-budget")
+        return schedule
+    return dataclasses.replace(schedule, min_iters=max(schedule.min_iters, MIN_PAIRS))
+
+
 def time_side_by_side(zoo_model: nn.Module, other_model: nn.Module, settings: BenchSettings, timer: Timer,
                       zoo_input_size: tuple[int, int, int], other_input_size: tuple[int, int, int]) -> dict:
     """Throughput of both in the same runtime and settings at the run's batch size, timed A B A B ..."""
@@ -113,17 +134,21 @@ def time_side_by_side(zoo_model: nn.Module, other_model: nn.Module, settings: Be
     zoo_batch = make_images(settings.batch_size, zoo_input_size, settings)
     other_batch = make_images(settings.batch_size, other_input_size, settings)
     zoo_times, other_times = measure_alternating(lambda: infer_zoo(zoo_batch), lambda: infer_other(other_batch),
-                                                 timer, settings.schedule)
+                                                 timer, check_vs_schedule(settings.schedule))
     return summarize_pair(zoo_times, other_times, settings.batch_size)
 
 
 def summarize_pair(zoo_times: list[float], other_times: list[float], batch_size: int) -> dict:
     zoo_stats, other_stats = summarize(zoo_times), summarize(other_times)
+    low, high = pair_ratio_range(zoo_times, other_times)
     return {
         "status": "ok",
         "zoo_img_per_s": batch_size / zoo_stats["median_s"],
         "other_img_per_s": batch_size / other_stats["median_s"],
         "speed_ratio": speed_ratio(zoo_times, other_times),
+        "speed_ratio_p10": low,
+        "speed_ratio_p90": high,
+        "pairs": min(len(zoo_times), len(other_times)),
         "zoo_timing": zoo_stats,
         "other_timing": other_stats,
     }

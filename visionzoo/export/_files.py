@@ -33,12 +33,27 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
-@contextlib.contextmanager
-def atomic_output(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path in ``path``'s folder; on success it replaces ``path``, on failure it is removed.
+class StagedOutput:
+    """An export being written under a temporary name beside its target; :meth:`commit` moves it into place."""
 
-    Works for files and for folders (``.mlpackage``); a reader never sees a half-written export, and a
-    failed export leaves nothing behind (an older export at ``path`` stays as it was).
+    def __init__(self, path: Path, temp: Path):
+        self.path = path
+        self.temp = temp
+
+    def commit(self) -> None:
+        if not self.temp.exists():
+            raise ExportError(f"the exporter wrote nothing to {self.temp}")
+        if self.path.is_dir():
+            shutil.rmtree(self.path)
+        os.replace(self.temp, self.path)
+
+
+@contextlib.contextmanager
+def staged_output(path: str | Path) -> Iterator[StagedOutput]:
+    """A temporary path in ``path``'s folder, removed on leaving unless committed.
+
+    The caller writes and checks the temporary file, then commits; an export that fails its checks is never
+    committed, so an older export at ``path`` stays as it was.
     """
     path = Path(path)
     check_writable(path)
@@ -47,11 +62,18 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
     temp = Path(temp_name)
     temp.unlink()  # the writer creates it (some writers refuse to overwrite, .mlpackage is a folder)
     try:
-        yield temp
-        if not temp.exists():
-            raise ExportError(f"the exporter wrote nothing to {temp}")
-        if path.is_dir():
-            shutil.rmtree(path)
-        os.replace(temp, path)
+        yield StagedOutput(path, temp)
     finally:
         _remove(temp)
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path in ``path``'s folder; on success it replaces ``path``, on failure it is removed.
+
+    Works for files and for folders (``.mlpackage``); a reader never sees a half-written file, and a
+    failed write leaves nothing behind (an older file at ``path`` stays as it was).
+    """
+    with staged_output(path) as staged:
+        yield staged.temp
+        staged.commit()

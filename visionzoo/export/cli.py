@@ -5,7 +5,7 @@ import argparse
 import json
 from pathlib import Path
 
-from visionzoo.export._files import ExportError
+from visionzoo.export._files import ExportError, atomic_output, check_writable
 from visionzoo.export.core import DEFAULT_TOLERANCE, export_model, get_format
 from visionzoo.export.formats import FORMATS
 from visionzoo.export.matrix import DEFAULT_RESULTS, TABLE_HEADER, markdown_table, merge_results, run_matrix, select_models, update_readme, write_json
@@ -38,13 +38,21 @@ def add_export_parser(subparsers) -> argparse.ArgumentParser:
         "on three real photographs; error = max|out - ref| / max|ref|. Core ML prediction needs macOS: "
         "on Linux the conversion and the saved spec are checked, nothing is run.",
     )
-    parser.add_argument("name", nargs="?", help="zoo model name (see `visionzoo list`)")
+    parser.add_argument("name", nargs="?",
+                        help="zoo model name (see `visionzoo list`); may be left out with a training --checkpoint")
     parser.add_argument("--format", type=_formats, help=f"one of {', '.join(FORMATS)} (with --matrix: a comma list, default all)")
     parser.add_argument("--deploy", action="store_true", help="fold BatchNorms first (visionzoo.layers.fuse.fuse_model)")
     parser.add_argument("--dynamic-batch", action="store_true", help="export a dynamic batch dimension")
     parser.add_argument("--dynamic-size", action="store_true", help="export dynamic height and width")
-    parser.add_argument("--img-size", type=_img_size, help="SIZE or HxW (default: the model's pretrained input size)")
-    parser.add_argument("--checkpoint", help="weights to load (any layout the family's checkpoint_filter_fn reads)")
+    parser.add_argument("--img-size", type=_img_size,
+                        help="SIZE or HxW (default: the training checkpoint's input size, else the model's "
+                        "pretrained one)")
+    parser.add_argument("--checkpoint",
+                        help="weights to load (any layout the family's checkpoint_filter_fn reads); a "
+                        "`visionzoo train` checkpoint also gives the model name, class count and input size")
+    parser.add_argument("--num-classes", type=int,
+                        help="classifier outputs (default: the training checkpoint's, else the model's 1000)")
+    parser.add_argument("--ema", action="store_true", help="export the EMA weights of a training checkpoint")
     parser.add_argument("--out", help="output file (default exports/NAME.EXT); with --matrix the results JSON")
     parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE, help="largest max relative error that passes")
     parser.add_argument("--latency-repeats", type=int, default=10, help="batch-1 runs timed for the median (0: none)")
@@ -63,14 +71,14 @@ def add_export_parser(subparsers) -> argparse.ArgumentParser:
 
 def _print_result(record: dict) -> None:
     print(f"{record['model']} -> {record['format']}: {record['status']}")
-    for key in ("file", "exporter", "file_bytes", "runtime"):
-        if key in record:
+    for key in ("file", "checkpoint", "num_classes", "exporter", "file_bytes", "runtime"):
+        if record.get(key) is not None:
             print(f"  {key}: {record[key]}")
     for label, value in record.get("max_rel_error", {}).items():
         print(f"  max|out - ref| / max|ref| on {label}: {value:.2e}")
     if "latency_ms_b1_median" in record:
         print(f"  latency (batch 1, median): {record['latency_ms_b1_median']:.1f} ms")
-    for key in ("note", "stage", "error", "failing_op"):
+    for key in ("note", "stage", "error", "failing_op", "kept"):
         if record.get(key):
             print(f"  {key}: {record[key]}")
 
@@ -86,23 +94,27 @@ def run_export(args: argparse.Namespace) -> int:
         out = Path(args.out or DEFAULT_RESULTS)
         if out.suffix != ".json":
             raise ExportError(f"--out {out}: the matrix writes JSON, give a .json path")
+        check_writable(out)
+        if args.markdown:
+            check_writable(Path(args.markdown))
         print("\n".join(TABLE_HEADER))
         matrix = run_matrix(names, args.format or list(FORMATS), args.img_size, args.deploy, args.latency_repeats)
         if args.merge and out.is_file():
             matrix = merge_results(json.loads(out.read_text()), matrix)
         write_json(matrix, out)
         if args.markdown:
-            Path(args.markdown).write_text(markdown_table(matrix) + "\n")
+            with atomic_output(args.markdown) as temp:
+                temp.write_text(markdown_table(matrix) + "\n")
         print(f"wrote {out}")
         return 0 if all(r["status"] in ("ok", "converted") for r in matrix["results"]) else 1
-    if not args.name:
+    if not args.name and not args.checkpoint:
         raise ExportError("name a model to export (e.g. `visionzoo export vz_shvit_s1 --format onnx`), or use --matrix")
     if not args.format or len(args.format) != 1:
         raise ExportError(f"give exactly one --format ({', '.join(FORMATS)}) for a single export")
     record = export_model(
         args.name, args.format[0], args.out, img_size=args.img_size, dynamic_batch=args.dynamic_batch,
         dynamic_size=args.dynamic_size, deploy=args.deploy, checkpoint=args.checkpoint,
-        tolerance=args.tolerance, latency_repeats=args.latency_repeats,
+        tolerance=args.tolerance, latency_repeats=args.latency_repeats, num_classes=args.num_classes, ema=args.ema,
     )
     if args.json:
         print(json.dumps(record, indent=1))

@@ -12,11 +12,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from visionzoo.export._files import ExportError, atomic_output, check_writable
+from visionzoo.export._files import ExportError, check_writable, staged_output
 from visionzoo.export.formats import FORMATS, Format, dynamic_shapes, first_line, median_latency_ms, use_portable_layers
 from visionzoo.export.inputs import photo_batch, random_input, max_relative_error
+from visionzoo.export.trained import TrainedSetup, create_trained_model
 from visionzoo.layers.fuse import fuse_model
-from visionzoo.models._factory import create_model
 
 DEFAULT_TOLERANCE = 1e-4
 MACOS_ONLY = "Core ML prediction needs macOS: not run here; conversion and the saved spec (input/output names, shapes) checked"
@@ -52,16 +52,20 @@ def default_output(name: str, fmt: Format, deploy: bool, folder: str | Path = "e
     return Path(folder) / f"{name}{'_deploy' if deploy else ''}{fmt.suffix}"
 
 
-def build_model(name: str, checkpoint: str | Path | None = None, deploy: bool = False,
-                model_kwargs: dict | None = None) -> nn.Module:
-    """The eval-mode model to export: built with ``model_kwargs`` (e.g. other ``depths``), ``checkpoint`` loaded
-    through the family's filter, BN folded if ``deploy``."""
-    model = create_model(name, checkpoint_path=checkpoint, **(model_kwargs or {}))
+def build_model(name: str | None, checkpoint: str | Path | None = None, deploy: bool = False,
+                model_kwargs: dict | None = None, num_classes: int | None = None,
+                ema: bool = False) -> tuple[nn.Module, TrainedSetup]:
+    """The eval-mode model to export and how it was built: ``model_kwargs`` (e.g. other ``depths``) and the
+    class count over what a training ``checkpoint`` records, its weights loaded through the family's filter, BN
+    folded if ``deploy``."""
+    model, setup = create_trained_model(name, checkpoint, num_classes, model_kwargs, ema)
     model.eval()
-    return fuse_model(model, inplace=True) if deploy else model
+    return (fuse_model(model, inplace=True) if deploy else model), setup
 
 
-def _input_size(model: nn.Module, img_size: int | tuple[int, int] | None) -> tuple[int, int]:
+def _input_size(model: nn.Module, img_size: int | tuple[int, int] | None, trained_size: int | None = None
+                ) -> tuple[int, int]:
+    img_size = img_size if img_size is not None else trained_size
     if img_size is None:
         return tuple(model.pretrained_cfg["input_size"][1:])
     if isinstance(img_size, int):
@@ -87,7 +91,7 @@ def _parity_inputs(model, height, width, dynamic_batch, dynamic_size) -> dict[st
 
 
 def export_model(
-    name: str,
+    name: str | None,
     format: str,
     out: str | Path | None = None,
     img_size: int | tuple[int, int] | None = None,
@@ -98,26 +102,37 @@ def export_model(
     tolerance: float = DEFAULT_TOLERANCE,
     latency_repeats: int = 0,
     model_kwargs: dict | None = None,
+    num_classes: int | None = None,
+    ema: bool = False,
 ) -> dict:
     """Export ``name`` to ``format`` at ``out`` and check parity; returns a result record (never hides a failure).
 
+    ``name`` may be None when ``checkpoint`` is a training checkpoint, which records its model; the class
+    count and input size it records are used unless ``num_classes`` / ``img_size`` say otherwise.
     Bad requests (unknown model or format, unwritable ``out``, a checkpoint that does not fit) raise before
     anything is written. Failures of the exporter or runtime are caught and returned with
     ``status='failed'``, the first line of the exception and the operator it names; parity above
-    ``tolerance`` gives ``status='mismatch'``.
+    ``tolerance`` gives ``status='mismatch'``. The file is moved to ``out`` only when its checks pass
+    (``ok``, or ``converted`` where the runtime cannot run here): otherwise it is deleted and a file already
+    at ``out`` stays as it was.
     """
     fmt = get_format(format)
-    model = build_model(name, checkpoint, deploy, model_kwargs)
-    out = Path(out) if out is not None else default_output(name, fmt, deploy)
-    if out.suffix != fmt.suffix:
+    if out is not None and Path(out).suffix != fmt.suffix:
         raise ExportError(f"--out {out} does not end in {fmt.suffix}, the {fmt.name} extension")
+    if out is not None:
+        check_writable(Path(out))
+    model, setup = build_model(name, checkpoint, deploy, model_kwargs, num_classes, ema)
+    name = setup.model_name
+    out = Path(out) if out is not None else default_output(name, fmt, deploy)
     check_writable(out)
-    height, width = _input_size(model, img_size)
+    height, width = _input_size(model, img_size, setup.input_size)
     result = {
         "model": name, "format": fmt.name, "status": "failed", "deploy": deploy,
-        "input_size": [height, width], "dynamic_batch": dynamic_batch, "dynamic_size": dynamic_size,
-        "runtime": fmt.runtime, "tolerance": tolerance, "file": str(out),
+        "input_size": [height, width], "num_classes": model.num_classes, "dynamic_batch": dynamic_batch,
+        "dynamic_size": dynamic_size, "runtime": fmt.runtime, "tolerance": tolerance, "file": str(out),
     }
+    if checkpoint is not None:
+        result.update(checkpoint=str(checkpoint), ema=ema)
     if model_kwargs:
         result["model_kwargs"] = {key: list(value) if isinstance(value, tuple) else value
                                   for key, value in model_kwargs.items()}
@@ -129,29 +144,45 @@ def export_model(
     try:
         if fmt.needs_portable_layers:
             use_portable_layers(model)
-        with torch.no_grad(), atomic_output(out) as temp:
-            result.update(fmt.export(model, example, temp, dynamic_shapes(dynamic_batch, dynamic_size, height, width)))
+        with staged_output(out) as staged:
+            with torch.no_grad():
+                shapes = dynamic_shapes(dynamic_batch, dynamic_size, height, width)
+                result.update(fmt.export(model, example, staged.temp, shapes))
             stage = "check"
-            result.update(fmt.check(temp, example, tuple(references[next(iter(references))].shape)))
-        result["file_bytes"] = _size(out)
-        stage = "run"
-        run = fmt.runner(out)
-        if run is None:
-            result.update(status="converted", note=MACOS_ONLY)
-            return result
-        errors = {label: max_relative_error(run(x), references[label]) for label, x in inputs.items()}
-        result["max_rel_error"] = errors
-        result["max_rel_error_random"] = max(v for k, v in errors.items() if k.startswith("random"))
-        result["max_rel_error_photos"] = max(v for k, v in errors.items() if k.startswith("photo"))
-        result["status"] = "ok" if max(errors.values()) < tolerance else "mismatch"
-        if latency_repeats:
-            stage = "latency"
-            result["latency_ms_b1_median"] = median_latency_ms(run, random_input(model, 1, height, width), latency_repeats)
+            result.update(fmt.check(staged.temp, example, tuple(references[next(iter(references))].shape)))
+            result["file_bytes"] = _size(staged.temp)
+            stage = "run"
+            _run_checks(fmt, staged.temp, model, inputs, references, tolerance, latency_repeats, result)
+            if result["status"] in ("ok", "converted"):
+                stage = "move"
+                staged.commit()
     except Exception as error:  # an exporter or runtime failure is a result to report, not a crash
         result.update(status="failed", stage=stage, error=first_line(error), failing_op=failing_op(error))
     finally:
         use_portable_layers(model, enable=False)
+    if result["status"] not in ("ok", "converted"):
+        result["file"] = None
+        reason = f"error above --tolerance {tolerance:g}" if result["status"] == "mismatch" else "export failed"
+        result["kept"] = (f"{out} not written ({reason}); the earlier file there is kept, unchanged" if out.exists()
+                          else f"{out} not written ({reason})")
     return result
+
+
+def _run_checks(fmt: Format, path: Path, model: nn.Module, inputs: dict, references: dict, tolerance: float,
+                latency_repeats: int, result: dict) -> None:
+    """Parity of the written file in its runtime against ``references`` (and its latency), into ``result``."""
+    run = fmt.runner(path)
+    if run is None:
+        result.update(status="converted", note=MACOS_ONLY)
+        return
+    errors = {label: max_relative_error(run(x), references[label]) for label, x in inputs.items()}
+    result["max_rel_error"] = errors
+    result["max_rel_error_random"] = max(v for k, v in errors.items() if k.startswith("random"))
+    result["max_rel_error_photos"] = max(v for k, v in errors.items() if k.startswith("photo"))
+    result["status"] = "ok" if max(errors.values()) < tolerance else "mismatch"
+    if latency_repeats and result["status"] == "ok":
+        height, width = result["input_size"]
+        result["latency_ms_b1_median"] = median_latency_ms(run, random_input(model, 1, height, width), latency_repeats)
 
 
 def _size(path: Path) -> int:

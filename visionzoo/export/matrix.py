@@ -58,6 +58,7 @@ def run_matrix(
                 out = Path(folder) / f"{name}{FORMATS[fmt].suffix}"
                 record = export_model(name, fmt, out, img_size=img_size, deploy=deploy, latency_repeats=latency_repeats)
                 record.pop("file")
+                record.pop("kept", None)  # the files lived in a temporary folder
                 results.append(record)
                 progress(markdown_row(record))
     return {
