@@ -8,6 +8,7 @@ marker file the payload would create does not exist afterwards.
 from __future__ import annotations
 
 import collections
+import sys
 
 import numpy as np
 import pytest
@@ -125,6 +126,20 @@ def test_loader_drops_a_config_that_resume_would_run(tmp_path):
     torch.save({"meta": {"epoch": 1, "iter": 1, "config": f"x = {_touch(marker)}"}}, tmp_path / "config.pth")
     assert "config" not in load_mmengine_checkpoint(tmp_path / "config.pth")["meta"]
     assert not marker.exists()
+
+
+def test_loader_refuses_containers_nested_past_recursion(tmp_path):
+    limit = sys.getrecursionlimit()
+    nested = []
+    for _ in range(2 * limit):
+        nested = [nested]
+    sys.setrecursionlimit(8 * limit)
+    try:
+        torch.save({"meta": nested}, tmp_path / "deep.pth")
+    finally:
+        sys.setrecursionlimit(limit)
+    with pytest.raises(CheckpointError, match="nests its containers too deeply"):
+        load_mmengine_checkpoint(tmp_path / "deep.pth")
 
 
 def test_loader_reports_unreadable_files(tmp_path):

@@ -17,7 +17,7 @@ backbone's ImageNet weights load as plain ``weights_only``).
 from __future__ import annotations
 
 import pickle
-from collections.abc import Hashable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -49,8 +49,8 @@ def _statistic_name(owner, name):
     """Stands in for ``getattr`` while loading: only ``HistoryBuffer.<statistic>``, and only its name comes back."""
     if owner is _PickledHistoryBuffer and name in STATISTICS:
         return name
-    stand_ins = {_PickledHistoryBuffer: "HistoryBuffer", _statistic_name: "getattr"}
-    shown = stand_ins.get(owner, type(owner).__name__) if isinstance(owner, Hashable) else type(owner).__name__
+    stand_ins = ((_PickledHistoryBuffer, "HistoryBuffer"), (_statistic_name, "getattr"))
+    shown = next((label for stand_in, label in stand_ins if owner is stand_in), type(owner).__name__)
     raise pickle.UnpicklingError(
         f"it calls getattr({shown}, {name!r}), and mmengine checkpoints call getattr only for HistoryBuffer's "
         f"statistics {', '.join(STATISTICS)}"
@@ -130,7 +130,10 @@ def load_mmengine_checkpoint(filename: str | Path, map_location=None) -> dict:
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {error}") from None
     if not isinstance(checkpoint, dict):
         raise CheckpointError(f"{path} holds a {type(checkpoint).__name__}, not an mmengine checkpoint or state dict")
-    checkpoint = _rebuild(checkpoint, path)
+    try:
+        checkpoint = _rebuild(checkpoint, path)
+    except RecursionError:
+        raise CheckpointError(f"{path} nests its containers too deeply for an mmengine checkpoint") from None
     meta = checkpoint.get("meta")
     if isinstance(meta, dict) and "config" in meta:
         del meta["config"]
