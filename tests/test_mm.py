@@ -148,6 +148,16 @@ def test_backbone_refuses_unordered_or_repeated_levels(out_indices, fix):
         VisionZooBackbone("vz_shvit_s1", out_indices=out_indices)
 
 
+def test_cli_reports_unordered_levels_in_one_line(tmp_path, capsys):
+    from visionzoo.mm.runner import main
+
+    cfg = tiny_det_cfg(CONFIGS / "det/shvit/mask-rcnn_vz-shvit-s4_tconv-fpn_1x_coco.py", tmp_path, tmp_path / "work")
+    cfg.dump(str(tmp_path / "tiny.py"))
+    assert main(["train", str(tmp_path / "tiny.py"), "--cfg-options", "model.backbone.out_indices=(2,1)"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("python -m visionzoo.mm train: error: ") and error.endswith("use (1, 2)")
+
+
 def test_backbone_negative_levels_return_maps_in_reported_order():
     backbone = VisionZooBackbone("vz_shvit_s1", out_indices=(0, -1)).eval()
     assert backbone.out_indices == (0, 2)
