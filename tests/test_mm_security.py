@@ -8,6 +8,7 @@ marker file the payload would create does not exist afterwards.
 from __future__ import annotations
 
 import collections
+import os
 import sys
 
 import numpy as np
@@ -77,6 +78,22 @@ def test_loader_refuses_the_payload(evil_checkpoint):
     with pytest.raises(CheckpointError, match=refusal):
         load_mmengine_checkpoint(path)
     assert not marker.exists()
+
+
+class _MakesDirectory:
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return os.mkdir, (self.path,)
+
+
+def test_loader_refuses_other_callables_without_advising_to_disable_the_check(tmp_path):
+    torch.save({"meta": _MakesDirectory(tmp_path / "made")}, tmp_path / "mkdir.pth")
+    with pytest.raises(CheckpointError, match=r"\(Trying to load unsupported GLOBAL \w+\.mkdir") as refusal:
+        load_mmengine_checkpoint(tmp_path / "mkdir.pth")
+    assert "weights_only" not in str(refusal.value)
+    assert not (tmp_path / "made").exists()
 
 
 def test_loader_answers_getattr_only_with_statistic_names(tmp_path):

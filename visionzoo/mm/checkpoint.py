@@ -31,6 +31,7 @@ from visionzoo.models._checkpoint import CheckpointError
 HISTORY_BUFFER_PATH = "mmengine.logging.history_buffer.HistoryBuffer"
 STATISTICS = ("min", "max", "current", "mean")
 NUMERIC_KINDS = "biuf"
+TORCH_BOILERPLATE = ("Weights only load failed", "Please file an issue", "Check the documentation")
 # A pickled dtype is rebuilt as an instance of its own class (np.dtypes.Float64DType, ...); object dtypes stay out.
 NUMERIC_DTYPE_TYPES = sorted(
     {type(np.dtype(code)) for code in "?" + np.typecodes["AllInteger"] + np.typecodes["AllFloat"]},
@@ -58,10 +59,12 @@ def _statistic_name(owner, name):
 
 
 def _unpickler_reason(error: pickle.UnpicklingError) -> str:
-    """The line of torch's long refusal that names what was refused."""
-    _, _, detail = str(error).partition("WeightsUnpickler error:")
-    lines = [line.strip() for line in detail.splitlines() if line.strip()]
-    return lines[0] if lines else str(error).splitlines()[0]
+    """The line of torch's refusal that names what was refused, without its advice to turn the check off."""
+    for line in str(error).splitlines():
+        line = line.strip()
+        if line and not line.startswith(TORCH_BOILERPLATE):
+            return line.split(" Please use ")[0]
+    return "objects torch's weights_only loading does not accept"
 
 
 SAFE_GLOBALS = [

@@ -36,10 +36,11 @@ class SafeCheckpointRunner(Runner):
                         revise_keys: Sequence = ((r"^module.", ""),)) -> dict:
         checkpoint = load_mmengine_checkpoint(filename, map_location)
         meta = checkpoint.get("meta")
-        if self._resuming and not (isinstance(meta, dict) and "epoch" in meta and "iter" in meta):
+        resumable = isinstance(meta, dict) and {"epoch", "iter"} <= meta.keys() and "message_hub" in checkpoint
+        if self._resuming and not resumable:
             raise CheckpointError(
-                f"{filename} is not an mmengine training checkpoint (no meta epoch/iter), so training cannot "
-                f"resume from it; to start from its weights set load_from instead of --resume "
+                f"{filename} is not an mmengine training checkpoint (no meta epoch/iter or message hub), so "
+                f"training cannot resume from it; to start from its weights set load_from instead of --resume "
                 f"(--cfg-options load_from={filename})"
             )
         self.call_hook("after_load_checkpoint", checkpoint=checkpoint)
