@@ -5,9 +5,7 @@ CPU: losses must be finite and the evaluators (pycocotools bbox/segm mAP, mIoU) 
 """
 from __future__ import annotations
 
-import copy
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,19 +14,19 @@ pytest.importorskip("mmcv.ops", reason="mmcv with compiled ops is not installed 
 pytest.importorskip("mmdet")
 pytest.importorskip("mmseg")
 
+from _mm import CONFIGS, tiny_det_cfg  # noqa: E402
 from mmengine.config import Config  # noqa: E402
 from mmengine.registry import DefaultScope  # noqa: E402
 
 import visionzoo  # noqa: E402
 import visionzoo.mm  # noqa: E402
-from visionzoo.data.shapes import SHAPE_CLASSES, write_ade_shapes, write_coco_shapes  # noqa: E402
+from visionzoo.data.shapes import write_ade_shapes, write_coco_shapes  # noqa: E402
 from visionzoo.mm.backbone import VisionZooBackbone  # noqa: E402
 from visionzoo.mm.necks import TransposedConvFPN  # noqa: E402
 from visionzoo.mm.runner import test as mm_test  # noqa: E402
 from visionzoo.mm.runner import train as mm_train  # noqa: E402
 from visionzoo.models import CheckpointError  # noqa: E402
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 DET_CONFIGS = sorted(p for p in (CONFIGS / "det").rglob("*.py") if "_base_" not in p.parts)
 SEG_CONFIGS = sorted(p for p in (CONFIGS / "seg").rglob("*.py") if "_base_" not in p.parts)
 
@@ -70,41 +68,10 @@ def test_cards_and_configs_reference_each_other():
         assert Config.fromfile(str(CONFIGS.parent / config)).model.backbone.model_name == name, (config, task)
 
 
-def _shrink_pipeline(pipeline, scale):
-    for step in pipeline:
-        if step["type"] == "Resize":
-            step["scale"] = scale
-    return pipeline
-
-
-def _tiny_det_cfg(config: Path, root: Path, work_dir: Path) -> Config:
-    cfg = Config.fromfile(str(config))
-    cfg.model.backbone.init_cfg = None
-    cfg.model.roi_head.bbox_head.num_classes = len(SHAPE_CLASSES)
-    cfg.model.roi_head.mask_head.num_classes = len(SHAPE_CLASSES)
-    metainfo = dict(classes=SHAPE_CLASSES)
-    for loader, split in (("train_dataloader", "train"), ("val_dataloader", "val"), ("test_dataloader", "val")):
-        dataloader = cfg[loader]
-        dataloader.num_workers = 0
-        dataloader.persistent_workers = False
-        dataloader.batch_size = 2
-        dataloader.dataset.update(
-            data_root=str(root), ann_file=f"annotations/instances_{split}.json", data_prefix=dict(img=f"{split}/"),
-            metainfo=metainfo, pipeline=_shrink_pipeline(copy.deepcopy(dataloader.dataset.pipeline), (128, 96)),
-        )
-    for evaluator in ("val_evaluator", "test_evaluator"):
-        cfg[evaluator].ann_file = str(root / "annotations/instances_val.json")
-    cfg.train_cfg = dict(type="EpochBasedTrainLoop", max_epochs=2, val_interval=2)
-    cfg.default_hooks.logger.interval = 1
-    cfg.default_hooks.checkpoint.interval = 1
-    cfg.work_dir = str(work_dir)
-    return cfg
-
-
 def test_mask_rcnn_trains_evaluates_and_resumes(tmp_path):
     root = write_coco_shapes(tmp_path / "coco", num_train=2, num_val=2, size=96)
     config = CONFIGS / "det/shvit/mask-rcnn_vz-shvit-s4_tconv-fpn_1x_coco.py"
-    cfg = _tiny_det_cfg(config, root, tmp_path / "work")
+    cfg = tiny_det_cfg(config, root, tmp_path / "work")
     cfg.train_cfg.max_epochs = 1
     cfg_path = tmp_path / "tiny_mask_rcnn.py"
     cfg.dump(str(cfg_path))
@@ -114,28 +81,15 @@ def test_mask_rcnn_trains_evaluates_and_resumes(tmp_path):
     assert math.isfinite(loss)
     assert (tmp_path / "work/epoch_1.pth").is_file()
 
-    # --resume continues from epoch 1 of the same work dir with mmengine's own checkpoint (weights_only).
+    # --resume continues from epoch 1 of the same work dir with mmengine's own checkpoint, its message hub
+    # rebuilt from data: the loss history holds epoch 1's value and the new one.
     resumed = mm_train([str(cfg_path), "--resume", "--cfg-options", "train_cfg.max_epochs=2"])
     assert resumed.epoch == 2 and resumed.iter == 2
+    history, _ = resumed.message_hub.get_scalar("train/loss").data
+    assert len(history) == 2 and history[0] == loss
     metrics = mm_test([str(cfg_path), str(tmp_path / "work/epoch_2.pth")])
     for key in ("coco/bbox_mAP", "coco/segm_mAP"):
         assert key in metrics and 0.0 <= metrics[key] <= 1.0
-
-
-def test_resume_still_refuses_code_in_checkpoints(tmp_path):
-    import os
-
-    from visionzoo.mm.runner import mmengine_checkpoint_types
-
-    class RunsCode:
-        def __reduce__(self):
-            return (os.mkdir, (str(tmp_path / "ran"),))
-
-    path = tmp_path / "evil.pth"
-    torch.save({"meta": RunsCode(), "state_dict": {}}, path)
-    with mmengine_checkpoint_types(), pytest.raises(Exception, match="GLOBAL"):
-        torch.load(path, weights_only=True)
-    assert not (tmp_path / "ran").exists()
 
 
 def test_upernet_trains_and_reports_miou(tmp_path):
@@ -185,6 +139,30 @@ def test_backbone_adapter_options():
         VisionZooBackbone(name, out_indices=(5,))
     with pytest.raises(ValueError, match="frozen_stages"):
         VisionZooBackbone(name, frozen_stages=7)
+
+
+@pytest.mark.parametrize("out_indices, fix", [((2, 1), r"use \(1, 2\)"), ((1, 1), r"use \(1,\)"),
+                                              ((-1, 0), r"use \(0, 2\)")])
+def test_backbone_refuses_unordered_or_repeated_levels(out_indices, fix):
+    with pytest.raises(ValueError, match=r"each level once, from fine to coarse.*" + fix):
+        VisionZooBackbone("vz_shvit_s1", out_indices=out_indices)
+
+
+def test_cli_reports_unordered_levels_in_one_line(tmp_path, capsys):
+    from visionzoo.mm.runner import main
+
+    cfg = tiny_det_cfg(CONFIGS / "det/shvit/mask-rcnn_vz-shvit-s4_tconv-fpn_1x_coco.py", tmp_path, tmp_path / "work")
+    cfg.dump(str(tmp_path / "tiny.py"))
+    assert main(["train", str(tmp_path / "tiny.py"), "--cfg-options", "model.backbone.out_indices=(2,1)"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("python -m visionzoo.mm train: error: ") and error.endswith("use (1, 2)")
+
+
+def test_backbone_negative_levels_return_maps_in_reported_order():
+    backbone = VisionZooBackbone("vz_shvit_s1", out_indices=(0, -1)).eval()
+    assert backbone.out_indices == (0, 2)
+    maps = backbone(torch.randn(1, 3, 64, 64))
+    assert [m.shape[1] for m in maps] == backbone.channels == [128, 320]
 
 
 def test_backbone_loads_imagenet_checkpoint_and_rejects_wrong_one(tmp_path):

@@ -28,7 +28,7 @@ class VisionZooBackbone(BaseModule):
 
     Args:
         model_name: a registered ``vz_*`` name.
-        out_indices: which ``feature_info`` levels to return (default: all).
+        out_indices: which ``feature_info`` levels to return, increasing and without repeats (default: all).
         frozen_stages: -1 trains everything; 0 freezes the stem; k > 0 also freezes the first k levels.
         norm_eval: keep BatchNorm layers in eval mode while training (frozen statistics).
         drop_path_rate: stochastic depth of the backbone.
@@ -64,6 +64,12 @@ class VisionZooBackbone(BaseModule):
         if bad:
             raise ValueError(f"{model_name} has {levels} feature levels; out_indices {bad} are out of range")
         self.out_indices = tuple(index % levels for index in self.out_indices)
+        ordered = tuple(sorted(set(self.out_indices)))
+        if self.out_indices != ordered:
+            raise ValueError(
+                f"out_indices {tuple(out_indices)} of {model_name} must name each level once, from fine to coarse "
+                f"(the pyramid is returned in that order and necks expect it); use {ordered}"
+            )
         if not -1 <= frozen_stages <= levels:
             raise ValueError(f"frozen_stages must be in [-1, {levels}] for {model_name}, got {frozen_stages}")
         self.feature_modules = [info["module"] for info in self.model.feature_info]

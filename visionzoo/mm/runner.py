@@ -1,52 +1,54 @@
 """Train and test mmdet / mmseg configs with zoo backbones: ``python -m visionzoo.mm {train,test} CONFIG``.
 
-torch ≥ 2.6 loads checkpoints with ``weights_only=True``, and mmengine's own checkpoints (which carry
-its message hub: ``HistoryBuffer`` objects and numpy scalars) fail to load that way, so ``--resume``
-breaks. Rather than turning the safety off, the few plain-data types those checkpoints hold are
-allow-listed while mmengine loads; a checkpoint holding anything else is still refused.
+Every checkpoint the runner loads or resumes (``load_from``, ``--resume``, the checkpoint given to ``test``)
+is read by :func:`visionzoo.mm.checkpoint.load_mmengine_checkpoint`, which rebuilds mmengine's message hub
+from plain data; a file holding anything that could run code is refused with a one-line error.
 """
 from __future__ import annotations
 
 import argparse
-import codecs
-import collections
-import contextlib
-import os
+import sys
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
-import numpy as np
-import torch
 from mmengine.config import Config, DictAction
-from mmengine.logging.history_buffer import HistoryBuffer
+from mmengine.model import is_model_wrapper
 from mmengine.runner import Runner
-from numpy._core.multiarray import _reconstruct, scalar
+from mmengine.runner.checkpoint import _load_checkpoint_to_model
 
-# What mmengine's checkpoints pickle besides tensors: the message hub's HistoryBuffers (numpy arrays and
-# scalars inside, and their statistics methods, stored as getattr(buffer, 'mean') and the like), a Counter
-# and byte strings. weights_only unpickling still calls only allow-listed callables, so getattr can fetch
-# an attribute but never call one.
-MMENGINE_CHECKPOINT_TYPES = [
-    HistoryBuffer,
-    np.ndarray,
-    np.dtype,
-    np.dtypes.Float64DType,
-    np.dtypes.Float32DType,
-    np.dtypes.Int64DType,
-    np.dtypes.Int32DType,
-    _reconstruct,
-    scalar,
-    collections.Counter,
-    codecs.encode,
-    getattr,
-]
+from visionzoo.mm.checkpoint import load_mmengine_checkpoint
+from visionzoo.models._checkpoint import CheckpointError
 
 
-@contextlib.contextmanager
-def mmengine_checkpoint_types() -> Iterator[None]:
-    """Let ``weights_only`` loading accept the plain-data types mmengine writes, and nothing more."""
-    with torch.serialization.safe_globals(MMENGINE_CHECKPOINT_TYPES):
-        yield
+class SafeCheckpointRunner(Runner):
+    """mmengine's ``Runner`` with its checkpoint reading replaced by the data-only loader."""
+
+    _resuming = False
+
+    def resume(self, filename: str, *args, **kwargs) -> None:
+        self._resuming = True
+        try:
+            super().resume(filename, *args, **kwargs)
+        finally:
+            self._resuming = False
+
+    def load_checkpoint(self, filename: str, map_location="cpu", strict: bool = False,
+                        revise_keys: Sequence = ((r"^module.", ""),)) -> dict:
+        checkpoint = load_mmengine_checkpoint(filename, map_location)
+        meta = checkpoint.get("meta")
+        resumable = isinstance(meta, dict) and {"epoch", "iter"} <= meta.keys() and "message_hub" in checkpoint
+        if self._resuming and not resumable:
+            raise CheckpointError(
+                f"{filename} is not an mmengine training checkpoint (no meta epoch/iter or message hub), so "
+                f"training cannot resume from it; to start from its weights set load_from instead of --resume "
+                f"(--cfg-options load_from={filename})"
+            )
+        self.call_hook("after_load_checkpoint", checkpoint=checkpoint)
+        model = self.model.module if is_model_wrapper(self.model) else self.model
+        checkpoint = _load_checkpoint_to_model(model, checkpoint, strict, revise_keys=list(revise_keys))
+        self._has_loaded = True
+        self.logger.info(f"Load checkpoint from {filename}")
+        return checkpoint
 
 
 def _parser(command: str) -> argparse.ArgumentParser:
@@ -86,9 +88,8 @@ def train(argv: Sequence[str] | None = None) -> Runner:
         cfg.resume, cfg.load_from = True, None
     elif args.resume is not None:
         cfg.resume, cfg.load_from = True, args.resume
-    runner = Runner.from_cfg(cfg)
-    with mmengine_checkpoint_types():
-        runner.train()
+    runner = SafeCheckpointRunner.from_cfg(cfg)
+    runner.train()
     return runner
 
 
@@ -96,16 +97,18 @@ def test(argv: Sequence[str] | None = None) -> dict:
     args = _parser("test").parse_args(argv)
     cfg = load_config(args.config, args.work_dir, args.cfg_options, args.launcher)
     cfg.load_from = args.checkpoint
-    runner = Runner.from_cfg(cfg)
-    with mmengine_checkpoint_types():
-        return runner.test()
+    return SafeCheckpointRunner.from_cfg(cfg).test()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(argv if argv is not None else os.sys.argv[1:])
+    argv = list(argv if argv is not None else sys.argv[1:])
     commands = {"train": train, "test": test}
     if not argv or argv[0] not in commands:
         print("usage: python -m visionzoo.mm {train,test} CONFIG [options]  (add -h after the command for help)")
         return 2
-    commands[argv[0]](argv[1:])
+    try:
+        commands[argv[0]](argv[1:])
+    except (CheckpointError, FileNotFoundError, ValueError) as error:
+        print(f"python -m visionzoo.mm {argv[0]}: error: {error}", file=sys.stderr)
+        return 2
     return 0
