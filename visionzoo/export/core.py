@@ -14,11 +14,12 @@ import torch
 from torch import nn
 
 from visionzoo.export._files import ExportError, atomic_output, check_writable
-from visionzoo.export.formats import FORMATS, Format, dynamic_shapes, first_line, median_latency_ms, use_portable_layers
+from visionzoo.export.formats import FORMATS, Format, dynamic_shapes, first_line, median_latency_ms
 from visionzoo.export.inputs import photo_batch, random_input, max_relative_error
 from visionzoo.layers.fuse import fuse_model
 from visionzoo.models._checkpoint import load_checkpoint
 from visionzoo.models._factory import check_model_name
+from visionzoo.ops import portable_only
 
 DEFAULT_TOLERANCE = 1e-4
 MACOS_ONLY = "Core ML prediction needs macOS: not run here; conversion and the saved spec (input/output names, shapes) checked"
@@ -133,9 +134,7 @@ def export_model(
     example = next(iter(inputs.values()))
     stage = "export"
     try:
-        if fmt.needs_portable_layers:
-            use_portable_layers(model)
-        with torch.no_grad(), atomic_output(out) as temp:
+        with torch.no_grad(), ops_backends_for(fmt), atomic_output(out) as temp:
             result.update(fmt.export(model, example, temp, dynamic_shapes(dynamic_batch, dynamic_size, height, width)))
             stage = "check"
             result.update(fmt.check(temp, example, tuple(references[next(iter(references))].shape)))
@@ -155,9 +154,13 @@ def export_model(
             result["latency_ms_b1_median"] = median_latency_ms(run, random_input(1, height, width), latency_repeats)
     except Exception as error:  # an exporter or runtime failure is a result to report, not a crash
         result.update(status="failed", stage=stage, error=first_line(error), failing_op=failing_op(error))
-    finally:
-        use_portable_layers(model, enable=False)
     return result
+
+
+def ops_backends_for(fmt: Format):
+    """The ops backends an export to ``fmt`` may trace: portable ones only where its runtime lacks custom kernels
+    (ONNX keeps e.g. torchvision's deformable conv, which it has a node for)."""
+    return portable_only(fmt.needs_portable_layers)
 
 
 def _size(path: Path) -> int:

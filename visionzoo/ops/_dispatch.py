@@ -133,7 +133,8 @@ def check_backend_name(name: str, setting: str = "backend ") -> str:
     return name
 
 
-def _process_choice() -> str | None:
+def environment_backend() -> str | None:
+    """The process-wide choice from ``VZ_OPS_BACKEND`` (None when unset); a name no op has is a ValueError."""
     name = os.environ.get(ENV_VARIABLE)
     return check_backend_name(name, f"{ENV_VARIABLE}=") if name else None
 
@@ -216,7 +217,7 @@ class Op:
         return None
 
     def _choose(self, args: tuple, kwargs: dict, backend: str | None) -> tuple[str, Callable]:
-        choice = backend or _forced_backend.get() or _process_choice() or AUTO
+        choice = backend or _forced_backend.get() or environment_backend() or AUTO
         if choice == REFERENCE:
             return REFERENCE, self.reference
         device_type = _device_type(args, kwargs)
