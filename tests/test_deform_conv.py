@@ -96,3 +96,13 @@ def test_portable_export_samples_with_grid_sample():
 def test_builds_on_meta_device():
     layer = DeformConv2d(4, 8, kernel_size=2, stride=2, device="meta")
     assert layer.weight.is_meta and layer.conv_offset.weight.is_meta
+
+
+def test_fx_traces_the_layer_with_the_op_as_one_node():
+    layer = DeformConv2d(4, 8, kernel_size=2, stride=2)
+    with torch.no_grad():
+        layer.conv_offset.weight.normal_(std=0.5)
+    traced = torch.fx.symbolic_trace(layer)
+    assert [node.target for node in traced.graph.nodes if node.op == "call_function"] == [deform_conv2d]
+    x = torch.randn(1, 4, 7, 5)
+    torch.testing.assert_close(traced(x), layer(x))
