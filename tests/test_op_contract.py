@@ -64,7 +64,8 @@ def test_forward_matches_reference(pair, device):
         expected, _, _ = _call(op_name, REFERENCE, sample, device=device)
         actual, _, _ = _call(op_name, backend, sample, device=device)
         assert actual.shape == expected.shape and actual.dtype == expected.dtype, sample.label
-        torch.testing.assert_close(actual, expected, rtol=tolerance, atol=tolerance, msg=lambda m: f"{sample.label}: {m}")
+        torch.testing.assert_close(actual, expected, rtol=tolerance, atol=tolerance,
+                                   msg=lambda m: f"{sample.label}: {m}")
 
 
 @pytest.mark.parametrize("pair", BACKENDS, ids=_pair_id)
