@@ -11,8 +11,9 @@ The op boundary, which every op here follows:
   position tables, biases, gates) come in as tensors too.
 * They return the attended values before any output projection, in the layout the op's module docstring
   names (tokens-last unless the op says channels-first), and ``scale=None`` means head_dim ** -0.5.
-* Shape and value errors raise ``ValueError`` naming the expected shapes; the reference is the readable spec,
-  and every backend computes the same function on the op's sample inputs (``tests/test_op_contract.py``).
+* Where an op checks its arguments, a bad one raises ``ValueError`` naming the expected shapes. The reference is
+  the readable spec, and every backend computes the same function on the op's sample inputs
+  (``tests/test_op_contract.py``).
 
 :mod:`visionzoo.ops._dispatch` describes how a backend is declared and chosen. Every module in this package is
 imported here so that :func:`list_ops` names every op.
