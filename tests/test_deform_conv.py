@@ -4,6 +4,8 @@ import torch
 import torch.nn.functional as F
 
 from visionzoo.layers.deform_conv import DeformConv2d
+from visionzoo.ops import REFERENCE, portable_only, record_backends
+from visionzoo.ops.deform_conv import deform_conv2d
 
 
 def test_equals_plain_conv_at_init():
@@ -54,34 +56,53 @@ def test_offsets_receive_gradients():
     assert layer.conv_offset.weight.grad is not None and layer.conv_offset.weight.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("torchvision_kernel", [True, False], ids=["torchvision_in_float32", "sampled"])
+@pytest.mark.parametrize("backend", ["torchvision", "reference"], ids=["torchvision_in_float32", "sampled"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_reduced_precision(monkeypatch, dtype, torchvision_kernel):
+def test_reduced_precision(dtype, backend):
     torch.manual_seed(0)
     layer = DeformConv2d(4, 8, kernel_size=2, stride=2)
     x = torch.randn(1, 4, 6, 6)
     expected = layer(x)
-    # torchvision's kernel runs on CUDA and in exported graphs; forcing it here tests its float32 round trip.
-    monkeypatch.setattr(DeformConv2d, "_torchvision_kernel_wanted", lambda self, x: torchvision_kernel)
-    actual = layer.to(dtype)(x.to(dtype))
+    offset = layer.conv_offset.to(dtype)(x.to(dtype))
+    # torchvision's kernel runs on CUDA and in exported graphs; calling it here tests its float32 round trip.
+    layer = layer.to(dtype)
+    actual = deform_conv2d.implementation(backend)(x.to(dtype), offset, layer.weight, layer.bias, 2, 0, 1)
     assert actual.dtype == dtype
     torch.testing.assert_close(actual.float(), expected, atol=5e-2, rtol=5e-2)
 
 
-def test_cpu_runs_the_sampled_form_and_export_keeps_torchvisions_op(monkeypatch):
+def test_cpu_runs_the_sampled_form_and_export_keeps_torchvisions_op():
     layer = DeformConv2d(4, 8, kernel_size=2, stride=2)
     x = torch.randn(2, 4, 6, 6)
     program = torch.export.export(layer, (x,))
     targets = {str(node.target) for node in program.graph.nodes}
-    assert "torchvision.deform_conv2d.default" in targets and "aten.grid_sampler_2d.default" not in targets
+    assert "torchvision.deform_conv2d.default" in targets and "aten.grid_sampler.default" not in targets
+    with record_backends() as ran:
+        eager = layer(x)
+    assert ran == {"deform_conv2d": [REFERENCE]}
+    torch.testing.assert_close(eager, program.module()(x), atol=1e-5, rtol=1e-5)
 
-    def torchvision_kernel(*args):
-        raise AssertionError("the CPU forward called torchvision's deformable kernel")
 
-    monkeypatch.setattr("visionzoo.layers.deform_conv.deform_conv2d", torchvision_kernel)
+def test_portable_export_samples_with_grid_sample():
+    layer = DeformConv2d(4, 8, kernel_size=2, stride=2)
+    x = torch.randn(2, 4, 6, 6)
+    with portable_only():
+        program = torch.export.export(layer, (x,))
+    targets = {str(node.target) for node in program.graph.nodes}
+    assert "aten.grid_sampler.default" in targets and "torchvision.deform_conv2d.default" not in targets
     torch.testing.assert_close(layer(x), program.module()(x), atol=1e-5, rtol=1e-5)
 
 
 def test_builds_on_meta_device():
     layer = DeformConv2d(4, 8, kernel_size=2, stride=2, device="meta")
     assert layer.weight.is_meta and layer.conv_offset.weight.is_meta
+
+
+def test_fx_traces_the_layer_with_the_op_as_one_node():
+    layer = DeformConv2d(4, 8, kernel_size=2, stride=2)
+    with torch.no_grad():
+        layer.conv_offset.weight.normal_(std=0.5)
+    traced = torch.fx.symbolic_trace(layer)
+    assert [node.target for node in traced.graph.nodes if node.op == "call_function"] == [deform_conv2d]
+    x = torch.randn(1, 4, 7, 5)
+    torch.testing.assert_close(traced(x), layer(x))

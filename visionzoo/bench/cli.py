@@ -106,6 +106,9 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
                         help=f"inference runtime: {', '.join(available_runtimes())} (default: torch). onnxruntime and "
                              "executorch export the model at each timed shape, check it against PyTorch, then time "
                              "the program on the CPU in fp32; they measure inference only (as if --no-train)")
+    parser.add_argument("--ops-backend", metavar="NAME",
+                        help="run every op on this backend where it has it (e.g. reference, sdpa; default: auto, the "
+                             "fastest that applies, or VZ_OPS_BACKEND); bench.json records what each op ran")
     parser.add_argument("--matmul-size", type=int, help="size of the square matmul that measures the peak")
     parser.add_argument("--output-dir", type=Path, default=DEFAULT_OUTPUT_DIR,
                         help=f"where bench.json/.csv/.md/.png go (default: {DEFAULT_OUTPUT_DIR})")
@@ -135,7 +138,7 @@ def _settings(args: argparse.Namespace, trained_size: int | None = None) -> Benc
     return BenchSettings(device=args.device, batch_size=batch_size, img_size=img_size, dtype=args.dtype,
                          channels_last=args.channels_last, compile=args.compile, deploy=args.deploy,
                          runtime=args.runtime, schedule=schedule,
-                         train=not args.no_train and args.runtime == "torch")
+                         train=not args.no_train and args.runtime == "torch", ops_backend=args.ops_backend)
 
 
 def _trained_model(args: argparse.Namespace) -> tuple[list[str], Callable[[str], nn.Module], int | None, int]:

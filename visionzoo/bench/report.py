@@ -160,6 +160,7 @@ def header_lines(doc: dict) -> list[str]:
         f"MACs: {doc['notes']['macs']}",
         *([_vs_note(doc)] if compared else []),
         *_exported_runtime_lines(doc),
+        *_ops_backend_lines(doc),
     ]
 
 
@@ -173,6 +174,18 @@ def _vs_note(doc: dict) -> str:
     if any(vs.get("zoo_efficiency") for vs in records):
         return note + " vs eff.: ours / the other's efficiency, both from their img/s in that alternating run."
     return note + " vs eff.: the other's efficiency from its img/s in that run."
+
+
+def _ops_backend_lines(doc: dict) -> list[str]:
+    ran: dict[str, list[str]] = {}
+    for record in doc["results"]:
+        for op, backends in (record.get("ops_backends") or {}).items():
+            ran.setdefault(op, []).extend(b for b in backends if b not in ran[op])
+    if not ran:  # results written before bench recorded the ops
+        return []
+    choice = doc["settings"].get("ops_backend", "auto")
+    return [f"Ops backends ({'auto: the fastest that applies' if choice == 'auto' else f'forced: {choice}'}): "
+            + "; ".join(f"{op} {', '.join(backends)}" for op, backends in sorted(ran.items())) + "."]
 
 
 def _peak_source(peak: dict) -> str:

@@ -2,6 +2,7 @@
 efficiency against the machine's measured matmul peak."""
 from __future__ import annotations
 
+import contextlib
 import copy
 from dataclasses import dataclass, field
 from typing import Callable
@@ -18,7 +19,7 @@ from visionzoo.layers.batch_chunks import stage_chunks
 from visionzoo.layers.fuse import fuse_model
 from visionzoo.models._cards import CARDS_DIR, variant_card
 from visionzoo.models._factory import create_model
-from visionzoo.ops import REFERENCE, use_backend
+from visionzoo.ops import AUTO, REFERENCE, check_backend_name, environment_backend, record_backends, use_backend
 
 DEFAULT_BATCH_SIZE = {"cpu": 32, "cuda": 256}
 
@@ -39,6 +40,7 @@ class BenchSettings:
     runtime: str = "torch"
     schedule: Schedule = field(default_factory=Schedule)
     train: bool = True
+    ops_backend: str | None = None  # forced on every op that has it (None: VZ_OPS_BACKEND, else auto)
 
     def validate(self) -> None:
         device_type = self.device.split(":")[0]
@@ -66,6 +68,12 @@ class BenchSettings:
                                      f"available: {', '.join(available_runtimes())}")
         if self.runtime in EXPORT_FORMAT:
             self._validate_exported_runtime(device_type)
+        self.effective_ops_backend()
+
+    def effective_ops_backend(self) -> str:
+        if self.ops_backend is not None:
+            return check_backend_name(self.ops_backend, "--ops-backend ")
+        return environment_backend() or AUTO
 
     def _validate_exported_runtime(self, device_type: str) -> None:
         runtime = f"--runtime {self.runtime}"
@@ -90,6 +98,7 @@ class BenchSettings:
             "runtime": self.runtime, "warmup": self.schedule.warmup,
             "iters": None if self.schedule.time_budget is not None else self.schedule.iters,
             "time_budget_s": self.schedule.time_budget, "train": self.train,
+            "ops_backend": self.effective_ops_backend(),
         }
 
 
@@ -163,6 +172,20 @@ def efficiency_of(macs_per_image: int | None, img_per_s: float | None) -> dict |
     return {"gflops": 2.0 * macs_per_image * img_per_s / 1e9}
 
 
+def ops_backends_of(model: nn.Module, settings: BenchSettings, input_size: tuple[int, int, int]) -> dict:
+    """Which backend each op ran, per op name, from one eager batch-1 forward under the run's settings (compiled
+    code and exported programs run the choices that eager mode, or the export, makes)."""
+    from visionzoo.export.core import ops_backends_for
+    from visionzoo.export.formats import FORMATS
+
+    backends = ops_backends_for(FORMATS[EXPORT_FORMAT[settings.runtime]]) if settings.runtime in EXPORT_FORMAT \
+        else contextlib.nullcontext()
+    images = make_images(1, input_size, settings)
+    with record_backends() as ran, backends, torch.inference_mode(), autocast_for(settings.device, settings.dtype):
+        model(images)
+    return ran
+
+
 def benchmark_model(name: str, settings: BenchSettings, timer: Timer,
                     build: Callable[[str], nn.Module] = create_model,
                     on_phase: Callable[[str], None] = lambda phase: None,
@@ -223,6 +246,7 @@ def benchmark_model(name: str, settings: BenchSettings, timer: Timer,
         },
         "runtime": getattr(infer, "details", {"name": settings.runtime}),
         "stage_chunks": stage_chunks(inference_model),
+        "ops_backends": ops_backends_of(inference_model, settings, input_size),
         "vs": None,
         "error": None,
     }

@@ -126,7 +126,8 @@ class ExportedPrograms:
     """
 
     def __init__(self, runtime: str, model: nn.Module, shapes: Sequence[Shape], threads: int):
-        from visionzoo.export.formats import FORMATS, use_portable_layers
+        from visionzoo.export.core import ops_backends_for
+        from visionzoo.export.formats import FORMATS
         from visionzoo.export.inputs import max_relative_error
 
         fmt = FORMATS[EXPORT_FORMAT[runtime]]
@@ -135,9 +136,7 @@ class ExportedPrograms:
         self.details: dict = {"name": runtime, "version": importlib.metadata.version(RUNTIME_PACKAGE[runtime]),
                               "format": fmt.name, "threads": threads, "programs": []}
         model = model.eval()
-        if fmt.needs_portable_layers:
-            use_portable_layers(model)
-        try:
+        with ops_backends_for(fmt):
             for shape in dict.fromkeys(tuple(s) for s in shapes):
                 example = torch.randn(shape, generator=torch.Generator().manual_seed(0))
                 path = Path(self._folder.name) / f"b{shape[0]}_{'x'.join(map(str, shape[2:]))}{fmt.suffix}"
@@ -154,8 +153,6 @@ class ExportedPrograms:
                 self._programs[shape] = run
                 self.details["programs"].append(
                     {"input_shape": list(shape), "file_bytes": path.stat().st_size, "max_rel_error": error})
-        finally:
-            use_portable_layers(model, enable=False)
 
     def __call__(self, images: torch.Tensor) -> object:
         run = self._programs.get(tuple(images.shape))

@@ -126,7 +126,8 @@ def run_suite(names: list[str], settings: BenchSettings, vs: str | None = None, 
             done["count"] += 1
 
         try:
-            record = benchmark_one(name, settings, timer, vs, build, build_other, on_phase)
+            with use_backend(settings.ops_backend):
+                record = benchmark_one(name, settings, timer, vs, build, build_other, on_phase)
         except Exception as error:  # noqa: BLE001  (one broken model must not lose the others' results)
             record = _failed(name, f"{type(error).__name__}: {error}")
         bar.update(len(PHASES) - done["count"])

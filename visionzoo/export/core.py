@@ -13,10 +13,11 @@ import torch
 from torch import nn
 
 from visionzoo.export._files import ExportError, check_writable, staged_output
-from visionzoo.export.formats import FORMATS, Format, dynamic_shapes, first_line, median_latency_ms, use_portable_layers
+from visionzoo.export.formats import FORMATS, Format, dynamic_shapes, first_line, median_latency_ms
 from visionzoo.export.inputs import photo_batch, random_input, max_relative_error
 from visionzoo.export.trained import TrainedSetup, create_trained_model
 from visionzoo.layers.fuse import fuse_model
+from visionzoo.ops import portable_only
 
 DEFAULT_TOLERANCE = 1e-4
 MACOS_ONLY = "Core ML prediction needs macOS: not run here; conversion and the saved spec (input/output names, shapes) checked"
@@ -142,10 +143,8 @@ def export_model(
     example = next(iter(inputs.values()))
     stage = "export"
     try:
-        if fmt.needs_portable_layers:
-            use_portable_layers(model)
         with staged_output(out) as staged:
-            with torch.no_grad():
+            with torch.no_grad(), ops_backends_for(fmt):
                 shapes = dynamic_shapes(dynamic_batch, dynamic_size, height, width)
                 result.update(fmt.export(model, example, staged.temp, shapes))
             stage = "check"
@@ -158,8 +157,6 @@ def export_model(
                 staged.commit()
     except Exception as error:  # an exporter or runtime failure is a result to report, not a crash
         result.update(status="failed", stage=stage, error=first_line(error), failing_op=failing_op(error))
-    finally:
-        use_portable_layers(model, enable=False)
     if result["status"] not in ("ok", "converted"):
         result["file"] = None
         reason = f"error above --tolerance {tolerance:g}" if result["status"] == "mismatch" else "export failed"
@@ -183,6 +180,12 @@ def _run_checks(fmt: Format, path: Path, model: nn.Module, inputs: dict, referen
     if latency_repeats and result["status"] == "ok":
         height, width = result["input_size"]
         result["latency_ms_b1_median"] = median_latency_ms(run, random_input(model, 1, height, width), latency_repeats)
+
+
+def ops_backends_for(fmt: Format):
+    """The ops backends an export to ``fmt`` may trace: portable ones only where its runtime lacks custom kernels
+    (ONNX keeps e.g. torchvision's deformable conv, which it has a node for)."""
+    return portable_only(fmt.needs_portable_layers)
 
 
 def _size(path: Path) -> int:

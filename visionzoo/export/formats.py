@@ -43,13 +43,6 @@ def dynamic_shapes(dynamic_batch: bool, dynamic_size: bool, height: int, width: 
     return (dims,)
 
 
-def use_portable_layers(model: nn.Module, enable: bool = True) -> None:
-    """Switch layers with a custom-kernel fast path (e.g. deformable conv) to their standard-op form."""
-    for module in model.modules():
-        if hasattr(type(module), "use_portable"):
-            module.use_portable = enable
-
-
 def median_latency_ms(run: Callable[[torch.Tensor], np.ndarray], x: torch.Tensor, repeats: int) -> float:
     run(x)
     times = []

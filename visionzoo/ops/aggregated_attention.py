@@ -24,9 +24,10 @@ import math
 import torch
 import torch.nn.functional as F
 
-from visionzoo.ops._dispatch import Op
+from visionzoo.ops._dispatch import Op, Sample, seeded_randn, trace_leaf
 
 
+@trace_leaf
 def local_window_mask(height: int, width: int, window_size: int = 3, device=None) -> torch.Tensor:
     """(H·W, k²) bool: True where slot j of position p's k×k window (row-major, top-left first) is inside."""
     offsets = torch.arange(window_size, device=device) - window_size // 2
@@ -64,6 +65,7 @@ def _log_spaced(offsets: torch.Tensor, pretrain_len: int) -> torch.Tensor:
     return torch.sign(relative) * torch.log2(relative.abs() + 1.0) / 3.0
 
 
+@trace_leaf
 def cpb_coordinates(
     query_size: tuple[int, int],
     key_size: tuple[int, int],
@@ -138,7 +140,27 @@ def aggregated_attention_reference(
 aggregated_attention = Op("aggregated_attention", aggregated_attention_reference)
 
 
-@aggregated_attention.register("shifted")
+@aggregated_attention.sample_inputs
+def _samples() -> list[Sample]:
+    randn = seeded_randn()
+
+    def call(batch: int, heads: int, height: int, width: int, head_dim: int, pool_len: int, window_size: int):
+        tokens, window_len = height * width, window_size * window_size
+        tensors = {
+            "q": randn(batch, heads, tokens, head_dim), "k": randn(batch, heads, tokens, head_dim),
+            "v": randn(batch, heads, tokens, head_dim), "k_pool": randn(batch, heads, pool_len, head_dim),
+            "v_pool": randn(batch, heads, pool_len, head_dim), "local_bias": randn(heads, window_len),
+            "pool_bias": randn(heads, tokens, pool_len), "value_bias": randn(batch, heads, tokens, window_len),
+        }
+        return (), {**tensors, "size": (height, width)}
+
+    return [
+        Sample("batch 1, 5x3 map, 3x3 window", *call(1, 2, 5, 3, 4, 3, 3)),
+        Sample("5x5 window wider than a 2x7 map", *call(2, 1, 2, 7, 3, 2, 5)),
+    ]
+
+
+@aggregated_attention.register("shifted", priority=10, portable=True)
 def _aggregated_attention_shifted(q, k, v, k_pool, v_pool, local_bias, pool_bias, value_bias, size):
     """Window terms from k² shifted views of one zero-padded copy of k and v: no (N, k², d) tensor is built.
 

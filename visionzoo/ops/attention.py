@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from visionzoo.ops._dispatch import Op
+from visionzoo.ops._dispatch import Op, Sample, seeded_randn
 
 
 def sdpa_reference(
@@ -37,12 +37,26 @@ def sdpa_reference(
 scaled_dot_product_attention = Op("scaled_dot_product_attention", sdpa_reference)
 
 
+@scaled_dot_product_attention.sample_inputs
+def _samples() -> list[Sample]:
+    randn = seeded_randn()
+    mask = randn(2, 1, 5, 7) > 0
+    mask[..., 0] = True  # every query keeps a key: no row is all -inf
+    return [
+        Sample("batch 1, odd lengths", (randn(1, 1, 5, 3), randn(1, 1, 7, 3), randn(1, 1, 7, 2))),
+        Sample("float bias broadcast over batch", (randn(2, 3, 5, 4), randn(2, 3, 7, 4), randn(2, 3, 7, 4)),
+               {"attn_bias": randn(3, 1, 7), "scale": 0.3}),
+        Sample("bool mask", (randn(2, 2, 5, 4), randn(2, 2, 7, 4), randn(2, 2, 7, 3)), {"attn_bias": mask}),
+        Sample("rank 3", (randn(3, 6, 4), randn(3, 5, 4), randn(3, 5, 2))),
+    ]
+
+
 def _torch_sdpa_supports(q, k, v, attn_bias=None, scale=None, dropout_p=0.0) -> bool:
     # The fused kernels need matching dtypes; the math fallback inside torch handles the rest.
     return q.dtype == k.dtype == v.dtype and (attn_bias is None or attn_bias.dtype in (torch.bool, q.dtype))
 
 
-@scaled_dot_product_attention.register("sdpa", supports=_torch_sdpa_supports)
+@scaled_dot_product_attention.register("sdpa", priority=10, portable=True, supports=_torch_sdpa_supports)
 def _sdpa_torch(q, k, v, attn_bias=None, scale=None, dropout_p=0.0):
     if q.dim() == 4:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias, dropout_p=dropout_p, scale=scale)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from visionzoo.ops._dispatch import Op
+from visionzoo.ops._dispatch import Op, Sample, seeded_randn
 
 
 def _check_qkv(qkv: torch.Tensor, num_groups: int) -> None:
@@ -38,7 +38,16 @@ def channel_attention_reference(qkv: torch.Tensor, num_groups: int, scale: float
 channel_attention = Op("channel_attention", channel_attention_reference)
 
 
-@channel_attention.register("grouped_bmm")
+@channel_attention.sample_inputs
+def _samples() -> list[Sample]:
+    randn = seeded_randn()
+    return [
+        Sample("batch 1, 7 tokens, 2 groups of 3", (randn(1, 7, 18), 2)),
+        Sample("3 groups of 1, given scale", (randn(2, 5, 9), 3), {"scale": 0.7}),
+    ]
+
+
+@channel_attention.register("grouped_bmm", priority=10, portable=True)
 def _channel_attention_grouped_bmm(qkv, num_groups, scale=None):
     # Per group, q, k and v are (B, N, c) slices of the packed projection with one batch stride, which bmm
     # reads in place: no layout copies except the final concatenation. G small bmm calls beat one batched

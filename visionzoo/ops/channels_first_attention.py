@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from visionzoo.ops._dispatch import Op
+from visionzoo.ops._dispatch import Op, Sample, seeded_randn
 
 
 def channels_first_attention_reference(
@@ -24,6 +24,16 @@ def channels_first_attention_reference(
 channels_first_attention = Op("channels_first_attention", channels_first_attention_reference)
 
 
+@channels_first_attention.sample_inputs
+def _samples() -> list[Sample]:
+    randn = seeded_randn()
+    return [
+        Sample("batch 1, odd lengths", (randn(1, 3, 5), randn(1, 3, 7), randn(1, 4, 7))),
+        Sample("heads as a leading axis, given scale", (randn(2, 3, 4, 9), randn(2, 3, 4, 9), randn(2, 3, 2, 9)),
+               {"scale": 0.4}),
+    ]
+
+
 def _fused_kernels_pay_off(q, k, v, scale=None) -> bool:
     # On the CPU torch's SDPA takes its math path here, which adds copies: at SHViT's token counts
     # (16-200) it ran about 2x slower than the two matmuls. On accelerators the fused kernels also
@@ -31,7 +41,7 @@ def _fused_kernels_pay_off(q, k, v, scale=None) -> bool:
     return q.device.type != "cpu" and q.dtype == k.dtype == v.dtype
 
 
-@channels_first_attention.register("sdpa", supports=_fused_kernels_pay_off)
+@channels_first_attention.register("sdpa", priority=10, portable=True, supports=_fused_kernels_pay_off)
 def _channels_first_sdpa(q, k, v, scale=None):
     out = F.scaled_dot_product_attention(q.transpose(-2, -1), k.transpose(-2, -1), v.transpose(-2, -1), scale=scale)
     return out.transpose(-2, -1)

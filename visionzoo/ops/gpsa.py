@@ -15,10 +15,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from visionzoo.ops._dispatch import Op
+from visionzoo.ops._dispatch import Op, Sample, seeded_randn, trace_leaf
 from visionzoo.ops.attention import scaled_dot_product_attention
 
 
+@trace_leaf
 def relative_position_features(
     height: int, width: int, device: torch.device | str | None = None, dtype: torch.dtype | None = None
 ) -> torch.Tensor:
@@ -57,6 +58,18 @@ def gpsa_reference(
 gated_positional_attention = Op("gated_positional_attention", gpsa_reference)
 
 
+@gated_positional_attention.sample_inputs
+def _samples() -> list[Sample]:
+    randn = seeded_randn()
+    return [
+        Sample("batch 1, 7 tokens", (randn(1, 2, 7, 3), randn(1, 2, 7, 3), randn(1, 2, 7, 5), randn(2, 7, 7),
+                                     randn(2))),
+        Sample("batch 3, given scale", (randn(3, 3, 6, 4), randn(3, 3, 6, 4), randn(3, 3, 6, 4), randn(3, 6, 6),
+                                        randn(3)), {"scale": 0.3}),
+    ]
+
+
+@trace_leaf
 def flush_subnormals(weights: torch.Tensor) -> torch.Tensor:
     """``weights`` with its subnormal entries set to zero, for float32, bfloat16 and float64.
 
@@ -76,7 +89,7 @@ def _split_supports(q, k, v, pos_logits, gating, scale=None, dropout_p=0.0) -> b
     return dropout_p == 0.0 and pos_logits.dim() == 3
 
 
-@gated_positional_attention.register("sdpa_split", supports=_split_supports)
+@gated_positional_attention.register("sdpa_split", priority=10, portable=True, supports=_split_supports)
 def _gpsa_sdpa_split(q, k, v, pos_logits, gating, scale=None, dropout_p=0.0):
     """Both maps' rows already sum to 1, so the renormalisation is exact without it and the mix splits:
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from visionzoo.ops._dispatch import Op, eager_cpu_inference
+from visionzoo.ops._dispatch import Op, Sample, eager_cpu_inference, seeded_randn
 
 
 def _check_shapes(q, k, v, height_rel, width_rel, block_size, halo_size, query_stride):
@@ -192,6 +192,26 @@ def halo_attention_reference(
 halo_attention = Op("halo_attention", halo_attention_reference)
 
 
+@halo_attention.sample_inputs
+def _samples() -> list[Sample]:
+    randn = seeded_randn()
+
+    def call(batch, heads, dim_qk, dim_v, height, width, block, halo, stride):
+        win = block + 2 * halo
+        return (), {
+            "q": randn(batch, heads, dim_qk, height // stride, width // stride),
+            "k": randn(batch, heads, dim_qk, height, width), "v": randn(batch, heads, dim_v, height, width),
+            "height_rel": randn(2 * win - 1, dim_qk) * dim_qk**-0.5,
+            "width_rel": randn(2 * win - 1, dim_qk) * dim_qk**-0.5,
+            "block_size": block, "halo_size": halo, "query_stride": stride,
+        }
+
+    return [
+        Sample("batch 1, 7x5 map padded to 4x4 blocks", *call(1, 2, 4, 6, 7, 5, 4, 1, 1)),
+        Sample("query stride 2, block-aligned 8x4 map", *call(2, 1, 4, 4, 8, 4, 4, 2, 2)),
+    ]
+
+
 def _relative_logits(queries: torch.Tensor, table: torch.Tensor, win: int, axis: int) -> torch.Tensor:
     """q·table[u − pos + win − 1] for queries (Z, bq, bq, d) → (Z, bq, bq, win); pos: row (axis 1) or column.
 
@@ -231,7 +251,7 @@ def _blocks_per_cache_chunk(logit_bytes_per_block: int) -> int:
     return max(1, CPU_CHUNK_BYTES // logit_bytes_per_block)
 
 
-@halo_attention.register("blocked_bmm")
+@halo_attention.register("blocked_bmm", priority=10, portable=True)
 def _halo_attention_bmm(
     q: torch.Tensor,
     k: torch.Tensor,

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from visionzoo.ops._dispatch import Op
+from visionzoo.ops._dispatch import Op, Sample, seeded_randn
 from visionzoo.ops.attention import sdpa_reference
 from visionzoo.ops.window import pad_to_windows
 
@@ -95,7 +95,29 @@ def hilo_attention_reference(
 hilo_attention = Op("hilo_attention", hilo_attention_reference)
 
 
-@hilo_attention.register("sdpa")
+@hilo_attention.sample_inputs
+def _samples() -> list[Sample]:
+    randn = seeded_randn()
+
+    def weights(hifi_heads: int, lofi_heads: int, channels: int, head_dim: int) -> dict:
+        scale = channels**-0.5
+        return {
+            "hifi_qkv_weight": randn(3 * hifi_heads * head_dim, channels) * scale if hifi_heads else None,
+            "hifi_qkv_bias": randn(3 * hifi_heads * head_dim) if hifi_heads else None,
+            "lofi_q_weight": randn(lofi_heads * head_dim, channels) * scale if lofi_heads else None,
+            "lofi_q_bias": randn(lofi_heads * head_dim) if lofi_heads else None,
+            "lofi_kv_weight": randn(2 * lofi_heads * head_dim, channels) * scale if lofi_heads else None,
+            "lofi_kv_bias": randn(2 * lofi_heads * head_dim) if lofi_heads else None,
+        }
+
+    return [
+        Sample("batch 1, 7x5 map padded to 2x2 windows", (randn(1, 7, 5, 8), 2, 1, 1), weights(1, 1, 8, 4)),
+        Sample("Hi-Fi heads only", (randn(2, 4, 6, 6), 2, 2, 0), weights(2, 0, 6, 3)),
+        Sample("Lo-Fi heads only, window 3", (randn(2, 5, 4, 6), 3, 0, 2), weights(0, 2, 6, 3)),
+    ]
+
+
+@hilo_attention.register("sdpa", priority=10, portable=True)
 def _hilo_attention_sdpa(
     x: torch.Tensor,
     window_size: int,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from visionzoo.ops._dispatch import Op
+from visionzoo.ops._dispatch import Op, Sample, seeded_randn, trace_leaf
 from visionzoo.ops.attention import sdpa_reference
 
 
@@ -23,6 +23,7 @@ def _check_window_grid(height: int, width: int, window_size: tuple[int, int]) ->
         )
 
 
+@trace_leaf
 def pad_to_windows(x: torch.Tensor, window_size: tuple[int, int]) -> torch.Tensor:
     """Zero-pad a (B, H, W, C) map at the bottom and right to multiples of the window (a no-op if it tiles)."""
     pad_bottom = -x.shape[1] % window_size[0]
@@ -32,6 +33,7 @@ def pad_to_windows(x: torch.Tensor, window_size: tuple[int, int]) -> torch.Tenso
     return x  # F.pad would copy even when there is nothing to add
 
 
+@trace_leaf
 def window_partition(x: torch.Tensor, window_size: tuple[int, int]) -> torch.Tensor:
     """(B, H, W, C) → (B · nH · nW, wh · ww, C): the tokens of each window, windows in row-major order."""
     batch, height, width, channels = x.shape
@@ -41,6 +43,7 @@ def window_partition(x: torch.Tensor, window_size: tuple[int, int]) -> torch.Ten
     return grid.permute(0, 1, 3, 2, 4, 5).reshape(-1, wh * ww, channels)
 
 
+@trace_leaf
 def window_reverse(windows: torch.Tensor, window_size: tuple[int, int], height: int, width: int) -> torch.Tensor:
     """Inverse of :func:`window_partition`: (B · nH · nW, wh · ww, C) → (B, H, W, C)."""
     _check_window_grid(height, width, window_size)
@@ -86,7 +89,17 @@ def window_attention_reference(
 window_attention = Op("window_attention", window_attention_reference)
 
 
-@window_attention.register("sdpa")
+@window_attention.sample_inputs
+def _samples() -> list[Sample]:
+    randn = seeded_randn()
+    return [
+        Sample("batch 1, 3x2 windows of a 6x4 map", (randn(1, 6, 4, 5), randn(12, 5) / 5**0.5, randn(12), (3, 2), 2)),
+        Sample("no bias, 1x1 windows, given scale", (randn(2, 3, 5, 7), randn(9, 7) / 7**0.5, None, (1, 1), 1),
+               {"scale": 0.5}),
+    ]
+
+
+@window_attention.register("sdpa", priority=10, portable=True)
 def _window_attention_sdpa(x, qkv_weight, qkv_bias, window_size, num_heads, scale=None):
     # Partition the C-wide input rather than the 3C-wide projection; SDPA reads q, k, v as strided views of
     # the projection, and one copy brings the result back to the map with the head merge riding along.
