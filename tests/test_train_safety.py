@@ -301,7 +301,8 @@ def test_unusable_images_are_skipped_counted_and_reported(digits, trained, tmp_p
     }
     assert "skipped 4 of 25 images" in val.notice()
 
-    assert _eval(trained / "last.pth", data, "--output", str(tmp_path / "eval.json")) == 0
+    with pytest.warns(UserWarning, match="truncated.png: its pixels cannot be decoded"):
+        assert _eval(trained / "last.pth", data, "--output", str(tmp_path / "eval.json")) == 0
     results = json.loads((tmp_path / "eval.json").read_text())
     assert results["images"] == 20 and results["unreadable"] == 1 and results["skipped"] == 5
     assert "(5 unreadable images skipped)" in capsys.readouterr().out
@@ -388,3 +389,21 @@ def test_overrides_may_follow_the_options(digits):
                   "--output", "x", "train.epochs=2")
     assert args.overrides == ["optim.lr=1e-3", "model.num_classes=10", "train.epochs=2"]
     assert args.data_dir == str(digits) and args.output == "x"
+
+
+# --- the docs' run figures come from a tool -----------------------------------------------------------------------
+def test_the_report_tool_fills_the_marked_block_from_the_run(trained, tmp_path):
+    from visionzoo.engine.report import main as report_main
+
+    doc = tmp_path / "doc.md"
+    doc.write_text("intro\n<!-- run:digits:start -->\ntyped by hand\n<!-- run:digits:end -->\noutro\n")
+    assert report_main([str(trained), "--markdown", str(doc)]) == 0
+    text = doc.read_text()
+    best = read_checkpoint(trained / "best.pth")["best"]
+    (row,) = read_summary(trained / "summary.csv")
+    assert "typed by hand" not in text and text.startswith("intro\n") and text.endswith("outro\n")
+    assert f"`best.pth` is epoch 1 at top1 {best['metric']:.1f} %" in text and "no EMA" in text
+    assert f"| val top-1 (%) | {float(row['top1']):.1f} |" in text and "EMA val top-1" not in text
+    assert report_main([str(trained), "--markdown", str(tmp_path / "missing.md")]) == 2
+    (tmp_path / "plain.md").write_text("no markers\n")
+    assert report_main([str(trained), "--markdown", str(tmp_path / "plain.md")]) == 2

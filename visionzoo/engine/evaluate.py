@@ -16,7 +16,7 @@ from torch import nn
 from visionzoo.data.loader import create_eval_loader, create_folder_dataset, eval_transform
 from visionzoo.engine.distributed import DistInfo, all_reduce_sum, init_distributed, shutdown
 from visionzoo.models import check_model_name, load_checkpoint, load_state_dict
-from visionzoo.models._checkpoint import read_checkpoint
+from visionzoo.models._checkpoint import read_checkpoint, state_dict_from
 
 
 def autocast_for(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
@@ -90,14 +90,13 @@ def resolve_eval_data_config(model: nn.Module, input_size=None, crop_pct=None, i
     return config
 
 
-def _training_config(path: Path) -> dict | None:
-    """The config a visionzoo training checkpoint was trained with, if the file records one (safe loader)."""
+def read_weights(path: Path, ema: bool) -> tuple[dict, dict | None]:
+    """The state dict (EMA weights when ``ema``) and, for a visionzoo training checkpoint, its config; one read."""
     if path.suffix == ".safetensors":
-        return None
+        return load_state_dict(path, require_ema=ema), None
     obj = read_checkpoint(path)
-    if isinstance(obj, dict) and isinstance(obj.get("config"), dict):
-        return obj["config"]
-    return None
+    config = obj.get("config") if isinstance(obj, dict) and isinstance(obj.get("config"), dict) else None
+    return state_dict_from(obj, path, require_ema=ema), config
 
 
 def default_output(checkpoint: Path, model: str, split: str, ema: bool) -> Path:
@@ -164,13 +163,12 @@ def run_eval(args: argparse.Namespace) -> int:
     output = Path(args.output) if args.output else default_output(checkpoint, args.model, args.split, args.ema)
     if info.is_main:
         check_writable(output)
-    training_config = _training_config(checkpoint)
+    state_dict, training_config = read_weights(checkpoint, args.ema)
     dataset = create_folder_dataset(args.data_dir, args.split, None, substitute=False)
     num_classes = args.num_classes or (training_config or {}).get("model", {}).get("num_classes")
     num_classes = num_classes or len(dataset.class_to_idx)
     model = timm.create_model(args.model, num_classes=num_classes)
     module = __import__(type(model).__module__, fromlist=["checkpoint_filter_fn"])
-    state_dict = load_state_dict(checkpoint, require_ema=args.ema)
     load_checkpoint(model, state_dict, filter_fn=getattr(module, "checkpoint_filter_fn", None))
     model.to(info.device)
     if args.channels_last:

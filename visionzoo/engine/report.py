@@ -60,7 +60,7 @@ def run_report(run_dir: Path) -> str:
 
 def write_report(run_dir: Path, markdown: Path, name: str) -> None:
     block = run_report(run_dir)
-    source = (f"<sub>Written by <code>python -m visionzoo.engine.report {run_dir} --markdown {markdown.name} "
+    source = (f"<sub>Written by <code>python -m visionzoo.engine.report {run_dir} --markdown {markdown} "
               f"--name {name}</code>; do not edit by hand.</sub>\n")
     start, end = f"<!-- run:{name}:start -->", f"<!-- run:{name}:end -->"
     markdown.write_text(replace_marked_block(markdown.read_text(), block + "\n" + source, str(markdown), start, end))

@@ -105,15 +105,16 @@ def check_resume_changes(changes: dict[str, tuple], path: Path) -> None:
         )
 
 
-def infer_num_classes(cfg: dict, class_names: list[str], split_root: Path) -> None:
+def infer_num_classes(cfg: dict, class_names: list[str], split_root: Path, report: bool) -> None:
     """Sets ``model.num_classes`` from the folder when the recipe leaves ImageNet's default; refuses a mismatch."""
     configured, found = cfg["model"]["num_classes"], len(class_names)
     if configured == found:
         return
     if configured == DEFAULTS["model"]["num_classes"]:
         cfg["model"]["num_classes"] = found
-        print(f"model.num_classes: {found}, the class folders of {split_root} (the recipe's {configured} is "
-              f"ImageNet's)", flush=True)
+        if report:
+            print(f"model.num_classes: {found}, the class folders of {split_root} (the recipe's {configured} is "
+                  f"ImageNet's)", flush=True)
         return
     raise ConfigError(
         f"model.num_classes={configured} but {split_root} holds {found} class folders; set model.num_classes="
@@ -245,12 +246,11 @@ class Trainer:
             raise ConfigError("data.dir is not set; pass --data-dir DIR (a folder with train/ and val/)")
         train_set = create_folder_dataset(data_dir, cfg["data"]["train_split"], None)
         val_set = create_folder_dataset(data_dir, cfg["data"]["val_split"], None, substitute=False)
-        self.val_skipped = len(val_set.skipped)
         if info.is_main:
             for notice in filter(None, (train_set.notice(), val_set.notice())):
                 warn(notice)
         check_same_classes(train_set, val_set)
-        infer_num_classes(cfg, list(train_set.class_to_idx), train_set.root)
+        infer_num_classes(cfg, list(train_set.class_to_idx), train_set.root, info.is_main)
 
         resume_state = load_training_checkpoint(resume) if resume is not None else None
         self.changes: dict[str, tuple] = {}
@@ -398,7 +398,13 @@ class Trainer:
         # scheduler is a function of the config and the step count, so a changed lr or schedule applies from here.
         configured = [{key: value for key, value in group.items() if key != "params"}
                       for group in self.optimizer.param_groups]
-        self.optimizer.load_state_dict(state["optimizer"])
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except ValueError as error:
+            raise ConfigError(
+                f"the optimizer state in {path} does not fit the optimizer configured now ({error}); a change of "
+                f"optim.weight_decay to or from 0 regroups the parameters: resume with the checkpoint's value"
+            ) from None
         for group, settings in zip(self.optimizer.param_groups, configured):
             group.update(settings)
         self.scaler.load_state_dict(state["scaler"])

@@ -92,7 +92,11 @@ def load_state_dict(
             return load_file(str(path), device="cpu")
         except Exception as error:
             raise CheckpointError(f"{path} is not a readable safetensors file: {error}") from error
-    obj = read_checkpoint(path)
+    return state_dict_from(read_checkpoint(path), path, prefer_ema, require_ema)
+
+
+def state_dict_from(obj, path, prefer_ema: bool = False, require_ema: bool = False) -> dict[str, torch.Tensor]:
+    """The weights in an object read by :func:`read_checkpoint` from ``path`` (see :func:`load_state_dict`)."""
     if require_ema and not has_ema_weights(obj):
         raise CheckpointError(
             f"{path} holds no EMA weights (no {' or '.join(EMA_KEYS)} entry: the run trained without ema.enabled); "
