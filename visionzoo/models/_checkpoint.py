@@ -60,7 +60,9 @@ def read_checkpoint(path: str | Path):
             f"Re-save only the weights (torch.save(model.state_dict(), ...)) or convert the file to safetensors."
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        # torch follows the reason with paragraphs of advice; the reason is its first sentence.
+        text = str(error).strip()
+        first_line = text.splitlines()[0].split(". ")[0] if text else type(error).__name__
         raise CheckpointError(
             f"{path} is not a readable PyTorch checkpoint (truncated, corrupt or not written by torch.save): "
             f"{first_line}"
