@@ -197,7 +197,7 @@ def test_the_documented_quick_start_ends_with_a_good_best_checkpoint(tmp_path):
     best = torch.load(run / "best.pth", weights_only=True)["best"]
     top1 = float(outputs[-1].split("top-1 ")[1].split()[0])
     print(outputs[1][-2000:], outputs[2], sep="\n")
-    assert best["metric"] >= 90.0 and top1 == pytest.approx(best["metric"])
+    assert best["metric"] >= 90.0 and top1 == pytest.approx(best["metric"], abs=1e-3)  # printed to 3 places
 
 
 def test_accumulation_bf16_channels_last_and_checkpointing_run_on_the_cpu(tmp_path, one_thread):
