@@ -148,7 +148,8 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--device", help="default: cuda when available, else cpu")
     parser.add_argument(
         "--output",
-        help="JSON results file (default: a new eval_<model>_<checkpoint>_<split>[_ema]_<time>.json beside the checkpoint)",
+        help="JSON results file (default: a new eval_<model>_<checkpoint>_<split>[_ema]_<time>.json beside the "
+        "checkpoint)",
     )
     return parser
 
