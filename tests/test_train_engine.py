@@ -10,7 +10,8 @@ from torch.utils.data import Dataset, DistributedSampler
 
 from visionzoo.data.digits import make_digits
 from visionzoo.data.loader import DatasetError, ResumableSampler, SeededDataset, create_folder_dataset
-from visionzoo.engine.checkpoint import atomic_save, load_training_checkpoint, rng_state, set_rng_state
+from visionzoo.engine.checkpoint import atomic_save, rng_state, set_rng_state
+from visionzoo.models._checkpoint import read_checkpoint
 from visionzoo.engine.evaluate import autocast_for
 from visionzoo.engine.train import param_groups_with_lr_multipliers
 
@@ -25,7 +26,7 @@ def test_rng_state_survives_a_weights_only_round_trip(tmp_path: Path):
     atomic_save({"rng": rng_state()}, tmp_path / "state.pth")
     expected = _draw()
     _draw()
-    set_rng_state(load_training_checkpoint(tmp_path / "state.pth")["rng"])
+    set_rng_state(read_checkpoint(tmp_path / "state.pth")["rng"])
     assert _draw() == expected
 
 
@@ -87,7 +88,7 @@ def test_digits_folders_are_stratified_rgb_images(tmp_path: Path):
     counts = make_digits(tmp_path, size=24, val_fraction=0.25)
     assert counts["train"] + counts["val"] == 1797
     val = create_folder_dataset(tmp_path, "val", None)
-    assert len(val) == counts["val"] and sorted(set(val.reader.class_to_idx)) == [str(i) for i in range(10)]
+    assert len(val) == counts["val"] and sorted(set(val.class_to_idx)) == [str(i) for i in range(10)]
     image, label = val[0]
     assert image.size == (24, 24) and image.mode == "RGB" and 0 <= label < 10
     with pytest.raises(DatasetError, match="ImageNet-style train/ folder"):

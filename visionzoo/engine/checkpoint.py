@@ -6,22 +6,59 @@ RNG states are stored as tensors and plain numbers so that the safe loader accep
 """
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 import random
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from visionzoo.models._checkpoint import CheckpointError, read_checkpoint
 
-def atomic_save(obj, path: str | Path) -> None:
+TEMP_SUFFIX = ".tmp"
+TRAINING_KEYS = ("model", "optimizer", "epoch", "step_in_epoch", "global_step", "per_rank", "config")
+
+
+class CheckpointWriteError(CheckpointError):
+    """A checkpoint or record could not be written; the previous file at that path was left as it was."""
+
+
+def _disk_full(error: BaseException) -> bool:
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    # torch's zip writer reports a short write as "unexpected pos" or "file write failed", without an errno.
+    text = str(error)
+    return isinstance(error, RuntimeError) and ("unexpected pos" in text or "file write failed" in text)
+
+
+def _write_atomically(path: Path, write) -> None:
+    """``write(handle)`` into a unique temporary beside ``path``, then rename it over ``path``.
+
+    A unique temporary name keeps two writers from tearing each other's file; on any failure the temporary is
+    removed, so a full disk is not kept full by the half-written file.
+    """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("wb") as handle:
-        torch.save(obj, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX, delete=False)
+    tmp = Path(handle.name)
+    try:
+        with handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException as error:
+        tmp.unlink(missing_ok=True)
+        if isinstance(error, (OSError, RuntimeError)):
+            if _disk_full(error):
+                raise CheckpointWriteError(
+                    f"could not write {path}: the disk holding {path.parent} is full. {path.name} was left as it "
+                    f"was; free some space and continue with --resume auto"
+                ) from error
+            raise CheckpointWriteError(f"could not write {path} ({error}); {path.name} was left as it was") from error
+        raise
     directory = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(directory)  # make the rename itself durable
@@ -29,11 +66,49 @@ def atomic_save(obj, path: str | Path) -> None:
         os.close(directory)
 
 
+def atomic_save(obj, path: str | Path) -> None:
+    _write_atomically(Path(path), lambda handle: torch.save(obj, handle))
+
+
 def atomic_write_text(text: str, path: str | Path) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    _write_atomically(Path(path), lambda handle: handle.write(text.encode()))
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete the temporaries that a killed writer left in ``folder`` (call only while holding its lock)."""
+    stale = [path for path in Path(folder).glob(f".*{TEMP_SUFFIX}") if path.is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
+class OutputLock:
+    """An exclusive lock on a run folder, held until :meth:`release` or the process ends.
+
+    ``flock`` is released by the kernel when its holder dies, so a killed run never blocks the next one.
+    """
+
+    NAME = ".lock"
+
+    def __init__(self, folder: Path):
+        self.path = Path(folder) / self.NAME
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(self._fd, 64, 0).decode(errors="replace").strip() or "another process"
+            os.close(self._fd)
+            raise CheckpointWriteError(
+                f"{folder} is in use by another run (process {holder}); wait for it to finish or choose "
+                f"another --output"
+            ) from None
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, str(os.getpid()).encode(), 0)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 def rng_state() -> dict:
@@ -75,7 +150,14 @@ def set_rng_state(state: dict) -> None:
 
 
 def load_training_checkpoint(path: str | Path) -> dict:
+    """A checkpoint written by ``visionzoo train``, read by the safe loader; anything else is refused clearly."""
     path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"cannot resume: checkpoint {path} does not exist")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    state = read_checkpoint(path)
+    missing = [key for key in TRAINING_KEYS if not isinstance(state, dict) or key not in state]
+    if missing:
+        raise CheckpointError(
+            f"cannot resume from {path}: it is not a visionzoo training checkpoint (it lacks {', '.join(missing)}; "
+            f"a plain state dict holds weights only). To start a new run from its weights, pass "
+            f"model.checkpoint={path} instead of --resume"
+        )
+    return state

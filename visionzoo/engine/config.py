@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from visionzoo.engine.checkpoint import atomic_write_text
+
 CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs" / "cls"
 
 DEFAULTS: dict[str, Any] = {
@@ -132,12 +134,18 @@ _Loader.add_implicit_resolver(
 )
 
 
-def _parse_yaml(text: str):
-    return yaml.load(text, Loader=_Loader)
-
-
 class ConfigError(ValueError):
     """A config file or override is malformed or names an unknown key."""
+
+
+def _parse_yaml(text, source: str):
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ConfigError(f"{source} is not valid YAML{where}: {problem}") from None
 
 
 def _merge(base: dict, update: dict, where: str) -> dict:
@@ -174,7 +182,7 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     if path in seen:
         raise ConfigError(f"config {path} includes itself through _base_")
     with path.open() as handle:
-        raw = _parse_yaml(handle) or {}
+        raw = _parse_yaml(handle, f"config {path}") or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"config {path} must be a mapping of sections, not {type(raw).__name__}")
     bases = raw.pop("_base_", [])
@@ -207,19 +215,78 @@ def parse_overrides(overrides: list[str]) -> dict:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r} conflicts with an earlier override of {part!r}")
-        node[leaf] = _parse_yaml(text)
+        node[leaf] = _parse_yaml(text, f"override {item!r}")
     return nested
 
 
+NUMBER = (int, float)
+# Types of the keys whose default is None (the others take their default's type); None is always allowed there.
+OPTIONAL_TYPES = {
+    ("model", "name"): str,
+    ("model", "checkpoint"): str,
+    ("data", "dir"): str,
+    ("data", "input_size"): int,
+    ("data", "crop_pct"): NUMBER,
+    ("data", "interpolation"): str,
+    ("data", "mean"): list,
+    ("data", "std"): list,
+    ("aug", "auto_augment"): str,  # null turns RandAugment off
+    ("aug", "color_jitter"): NUMBER,
+    ("loss", "bce_target_thresh"): NUMBER,
+    ("train", "batch_size"): int,
+    ("optim", "eps"): NUMBER,
+    ("optim", "betas"): list,
+    ("optim", "clip_grad"): NUMBER,
+    ("runtime", "device"): str,
+    ("wandb", "entity"): str,
+    ("wandb", "name"): str,
+    ("wandb", "mode"): str,
+}
+POSITIVE = {
+    ("model", "num_classes"), ("train", "epochs"), ("train", "global_batch_size"), ("train", "eval_every"),
+    ("train", "batch_size"), ("train", "log_every"), ("data", "input_size"), ("optim", "lr"),
+    ("optim", "lr_base_batch"),
+}
+NON_NEGATIVE = {
+    ("data", "workers"), ("train", "checkpoint_every_steps"), ("optim", "weight_decay"), ("sched", "warmup_epochs"),
+    ("sched", "warmup_lr"), ("sched", "min_lr"), ("model", "drop_rate"), ("model", "drop_path_rate"),
+}
+_TYPE_NAMES = {int: "an integer", float: "a number", NUMBER: "a number", bool: "true or false", str: "a string",
+               list: "a list", dict: "a mapping"}
+
+
+def _expected_type(section: str, key: str):
+    if (section, key) in OPTIONAL_TYPES:
+        return OPTIONAL_TYPES[(section, key)]
+    default = DEFAULTS[section][key]
+    return NUMBER if isinstance(default, float) else type(default)
+
+
+def _check_types(cfg: dict) -> None:
+    for section, values in DEFAULTS.items():
+        for key in values:
+            value, expected = cfg[section][key], _expected_type(section, key)
+            if value is None and ((section, key) in OPTIONAL_TYPES or DEFAULTS[section][key] is None):
+                continue
+            # bool is an int in Python, but `epochs: true` is a mistake rather than 1.
+            wrong_bool = isinstance(value, bool) and expected is not bool
+            if wrong_bool or not isinstance(value, expected):
+                raise ConfigError(
+                    f"{section}.{key}={value!r} must be {_TYPE_NAMES[expected]} (got {type(value).__name__})"
+                )
+            if (section, key) in POSITIVE and value <= 0:
+                raise ConfigError(f"{section}.{key} must be positive, got {value!r}")
+            if (section, key) in NON_NEGATIVE and value < 0:
+                raise ConfigError(f"{section}.{key} must not be negative, got {value!r}")
+
+
 def _validate(cfg: dict) -> None:
+    _check_types(cfg)
     for (section, key), allowed in CHOICES.items():
         if cfg[section][key] not in allowed:
             raise ConfigError(f"{section}.{key}={cfg[section][key]!r}; choose one of {', '.join(allowed)}")
     if not cfg["model"]["name"]:
         raise ConfigError("model.name is not set; name a model in the config or pass model.name=<name>")
-    for section, key in (("train", "epochs"), ("train", "global_batch_size"), ("train", "eval_every")):
-        if not isinstance(cfg[section][key], int) or cfg[section][key] < 1:
-            raise ConfigError(f"{section}.{key} must be a positive integer, got {cfg[section][key]!r}")
 
 
 def load_config(name_or_path: str | Path | None, overrides: list[str] = ()) -> dict:
@@ -258,4 +325,4 @@ def derive(cfg: dict, world_size: int) -> dict:
 def save_config(cfg: dict, path: Path, header: str = "") -> None:
     """Write the resolved config (loadable again by :func:`load_config`), ``header`` as a comment on top."""
     text = "".join(f"# {line}\n" for line in header.splitlines()) + yaml.safe_dump(cfg, sort_keys=False)
-    Path(path).write_text(text)
+    atomic_write_text(text, path)

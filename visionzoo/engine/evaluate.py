@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from torch import nn
 from visionzoo.data.loader import create_eval_loader, create_folder_dataset, eval_transform
 from visionzoo.engine.distributed import DistInfo, all_reduce_sum, init_distributed, shutdown
 from visionzoo.models import check_model_name, create_model, list_models, load_checkpoint, load_state_dict
+from visionzoo.models._checkpoint import read_checkpoint, state_dict_from
 
 
 def autocast_for(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
@@ -34,13 +36,21 @@ def autocast_for(device: torch.device, amp: str) -> contextlib.AbstractContextMa
 def evaluate(
     model: nn.Module, loader, info: DistInfo, amp: str = "auto", channels_last: bool = False
 ) -> dict[str, float]:
-    """Exact top-1/top-5 (%) and mean cross-entropy over every image of ``loader`` summed across ranks."""
+    """Exact top-1/top-5 (%) and mean cross-entropy over every image of ``loader`` summed across ranks.
+
+    ``unreadable`` counts the images whose pixels failed to decode here (dropped, not scored); the images the
+    data set's scan left out are in its ``skipped``.
+    """
     was_training = model.training
     model.eval()
-    totals = torch.zeros(4, dtype=torch.float64, device=info.device)  # correct@1, correct@5, loss sum, images
+    # correct@1, correct@5, loss sum, images, unreadable
+    totals = torch.zeros(5, dtype=torch.float64, device=info.device)
     loss_fn = nn.CrossEntropyLoss(reduction="sum")
     start = time.perf_counter()
-    for images, targets in loader:
+    for images, targets, unreadable in loader:
+        totals[4] += unreadable
+        if not len(targets):
+            continue
         images = images.to(info.device, non_blocking=True)
         targets = targets.to(info.device, non_blocking=True)
         if channels_last:
@@ -50,20 +60,21 @@ def evaluate(
         logits = logits.float()
         top = logits.topk(min(5, logits.shape[1]), dim=1).indices
         hits = top.eq(targets[:, None])
-        totals += torch.stack(
+        totals[:4] += torch.stack(
             [hits[:, :1].sum(), hits.sum(), loss_fn(logits, targets), torch.tensor(len(targets), device=info.device)]
         ).double()
     all_reduce_sum(totals, info)
     seconds = time.perf_counter() - start
     model.train(was_training)
-    correct1, correct5, loss_sum, count = totals.tolist()
+    correct1, correct5, loss_sum, count, unreadable = totals.tolist()
     if count == 0:
-        raise ValueError("the evaluation set is empty")
+        raise ValueError("the evaluation set holds no readable image")
     return {
         "top1": 100.0 * correct1 / count,
         "top5": 100.0 * correct5 / count,
         "loss": loss_sum / count,
         "images": int(count),
+        "unreadable": int(unreadable),
         "img_per_s": count / seconds,
     }
 
@@ -79,14 +90,38 @@ def resolve_eval_data_config(model: nn.Module, input_size=None, crop_pct=None, i
     return config
 
 
-def _checkpoint_num_classes(path: Path) -> int | None:
-    """The class count a visionzoo training checkpoint was trained with, if the file records it."""
+def read_weights(path: Path, ema: bool) -> tuple[dict, dict | None]:
+    """The state dict (EMA weights when ``ema``) and, for a visionzoo training checkpoint, its config; one read."""
     if path.suffix == ".safetensors":
-        return None
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(obj, dict) and isinstance(obj.get("config"), dict):
-        return obj["config"]["model"]["num_classes"]
-    return None
+        return load_state_dict(path, require_ema=ema), None
+    obj = read_checkpoint(path)
+    config = obj.get("config") if isinstance(obj, dict) and isinstance(obj.get("config"), dict) else None
+    return state_dict_from(obj, path, require_ema=ema), config
+
+
+def default_output(checkpoint: Path, model: str, split: str, ema: bool) -> Path:
+    """A result file of its own beside the checkpoint, e.g. ``eval_best_val_ema_20260101-120000.json``."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    stem = f"eval_{model}_{checkpoint.stem}_{split}{'_ema' if ema else ''}_{stamp}"
+    output, count = checkpoint.parent / f"{stem}.json", 1
+    while output.exists():
+        count += 1
+        output = checkpoint.parent / f"{stem}_{count}.json"
+    return output
+
+
+def check_writable(output: Path) -> None:
+    """Refuses a results path that cannot be written before any work is done (by creating and removing it)."""
+    existed = output.exists()
+    try:
+        with output.open("a"):
+            pass
+    except OSError as error:
+        raise ValueError(
+            f"cannot write the results file {output}: {error.strerror or error}; pass --output with a writable path"
+        ) from None
+    if not existed:
+        output.unlink()
 
 
 def add_eval_parser(subparsers) -> argparse.ArgumentParser:
@@ -97,7 +132,9 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     )
     parser.add_argument("--data-dir", required=True, help="folder holding the split folder (a sub-folder per class)")
     parser.add_argument("--split", default="val")
-    parser.add_argument("--ema", action="store_true", help="evaluate the EMA weights of a training checkpoint")
+    parser.add_argument(
+        "--ema", action="store_true", help="evaluate the EMA weights of a training checkpoint (an error without them)"
+    )
     parser.add_argument("--num-classes", type=int, help="default: from the checkpoint's config, else the class folders")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--workers", type=int, default=4)
@@ -109,22 +146,28 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "none"))
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--device", help="default: cuda when available, else cpu")
-    parser.add_argument("--output", help="JSON results file (default: eval_<model>_<split>.json beside the checkpoint)")
+    parser.add_argument(
+        "--output",
+        help="JSON results file (default: a new eval_<model>_<checkpoint>_<split>[_ema]_<time>.json beside the "
+        "checkpoint)",
+    )
     return parser
 
 
 def run_eval(args: argparse.Namespace) -> int:
     if not timm.is_model(args.model):
         check_model_name(args.model)  # raises, suggesting the closest zoo names
-    info = init_distributed(args.device)
     checkpoint = Path(args.checkpoint)
     if not checkpoint.is_file():
         raise ValueError(f"checkpoint {checkpoint} does not exist")
-    split_dir = Path(args.data_dir) / args.split
-    num_classes = args.num_classes or _checkpoint_num_classes(checkpoint)
-    if num_classes is None:
-        num_classes = sum(1 for child in split_dir.iterdir() if child.is_dir()) if split_dir.is_dir() else 1000
-    state_dict = load_state_dict(checkpoint, prefer_ema=args.ema)
+    info = init_distributed(args.device)
+    output = Path(args.output) if args.output else default_output(checkpoint, args.model, args.split, args.ema)
+    if info.is_main:
+        check_writable(output)
+    state_dict, training_config = read_weights(checkpoint, args.ema)
+    dataset = create_folder_dataset(args.data_dir, args.split, None, substitute=False)
+    num_classes = args.num_classes or (training_config or {}).get("model", {}).get("num_classes")
+    num_classes = num_classes or len(dataset.class_to_idx)
     if args.model in list_models():
         model = create_model(args.model, checkpoint_path=state_dict, num_classes=num_classes)
     else:
@@ -135,7 +178,14 @@ def run_eval(args: argparse.Namespace) -> int:
     data_config = resolve_eval_data_config(
         model, args.input_size, args.crop_pct, args.interpolation, args.mean, args.std
     )
-    dataset = create_folder_dataset(args.data_dir, args.split, eval_transform(data_config))
+    dataset.transform = eval_transform(data_config)
+    if info.is_main:
+        if dataset.notice():
+            print(f"warning: {dataset.notice()}", file=sys.stderr, flush=True)
+        chosen_by = (training_config or {}).get("train", {}).get("best_metric")
+        if chosen_by == "ema_top1" and not args.ema and checkpoint.name == "best.pth":
+            print(f"note: {checkpoint} was chosen by its EMA weights' accuracy (ema_top1); --ema evaluates those",
+                  file=sys.stderr, flush=True)
     loader = create_eval_loader(
         dataset, args.batch_size, info.rank, info.world_size, args.workers, info.device.type == "cuda"
     )
@@ -146,6 +196,7 @@ def run_eval(args: argparse.Namespace) -> int:
         "ema": args.ema,
         "split": args.split,
         **metrics,
+        "skipped": len(dataset.skipped) + metrics["unreadable"],
         "params": sum(p.numel() for p in model.parameters()),
         "input_size": list(data_config["input_size"]),
         "crop_pct": data_config["crop_pct"],
@@ -155,12 +206,16 @@ def run_eval(args: argparse.Namespace) -> int:
         "device": str(info.device),
     }
     if info.is_main:
-        output = Path(args.output) if args.output else checkpoint.parent / f"eval_{args.model}_{args.split}.json"
-        output.write_text(json.dumps(results, indent=2) + "\n")
+        skipped = f" ({results['skipped']} unreadable images skipped)" if results["skipped"] else ""
         print(
-            f"{args.model} on {results['images']} {args.split} images: top-1 {metrics['top1']:.3f}  "
+            f"{args.model} on {results['images']} {args.split} images{skipped}: top-1 {metrics['top1']:.3f}  "
             f"top-5 {metrics['top5']:.3f}  loss {metrics['loss']:.4f}  params {results['params']:,}  "
-            f"{metrics['img_per_s']:.1f} img/s (data loading included)\nwrote {output}"
+            f"{metrics['img_per_s']:.1f} img/s (data loading included)", flush=True
         )
+        try:
+            output.write_text(json.dumps(results, indent=2) + "\n")
+        except OSError as error:
+            raise ValueError(f"could not write {output} ({error.strerror or error}); the results are printed above")
+        print(f"wrote {output}")
     shutdown(info)
     return 0

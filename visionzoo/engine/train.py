@@ -11,6 +11,7 @@ import contextlib
 import math
 import os
 import random
+import sys
 import time
 from pathlib import Path
 
@@ -28,14 +29,22 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from visionzoo.data.loader import (
+    DatasetError,
     create_eval_loader,
     create_folder_dataset,
     create_train_loader,
     eval_transform,
     train_transform,
 )
-from visionzoo.engine.checkpoint import atomic_save, load_training_checkpoint, rng_state, set_rng_state
-from visionzoo.engine.config import ConfigError, derive, load_config, save_config
+from visionzoo.engine.checkpoint import (
+    OutputLock,
+    atomic_save,
+    load_training_checkpoint,
+    remove_stale_temporaries,
+    rng_state,
+    set_rng_state,
+)
+from visionzoo.engine.config import DEFAULTS, ConfigError, derive, load_config, save_config
 from visionzoo.engine.distributed import (
     DistInfo,
     all_gather_objects,
@@ -46,10 +55,100 @@ from visionzoo.engine.distributed import (
 )
 from visionzoo.engine.evaluate import autocast_for, evaluate, resolve_eval_data_config
 from visionzoo.engine.logging import WandbRun, write_summary
-from visionzoo.models import check_model_name, create_model, list_models
+from visionzoo.models import CheckpointError, check_model_name, create_model, list_models
+from visionzoo.models._checkpoint import read_checkpoint
 
 LAST = "last.pth"
 BEST = "best.pth"
+SUMMARY = "summary.csv"
+
+# A resumed run continues the optimizer state and step count of the checkpoint; these settings would make
+# that state meaningless (another architecture or head, optimizer, parameter grouping, step size per epoch,
+# or best-checkpoint criterion), so a resume refuses to change them. Every other change is applied.
+FIXED_ON_RESUME = (
+    ("model", "name"), ("model", "num_classes"), ("model", "kwargs"), ("optim", "name"), ("optim", "lr_multipliers"),
+    ("train", "global_batch_size"), ("train", "best_metric"),
+)
+# Where the run lives and which weights it started from say nothing about how it continues.
+IGNORED_ON_RESUME = (("train", "output"), ("model", "checkpoint"))
+
+
+class DivergenceError(ValueError):
+    """The loss or the weights stopped being finite; nothing from that point on was saved."""
+
+
+def warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def config_changes(saved: dict, current: dict) -> dict[str, tuple]:
+    """``{"section.key": (saved value, current value)}`` for every setting that differs."""
+    changes = {}
+    for section, keys in DEFAULTS.items():
+        for key in keys:
+            if (section, key) in IGNORED_ON_RESUME:
+                continue
+            before, after = saved.get(section, {}).get(key), current[section][key]
+            if before != after:
+                changes[f"{section}.{key}"] = (before, after)
+    return changes
+
+
+def check_resume_changes(changes: dict[str, tuple], path: Path) -> None:
+    fixed = [f"{key}: {before!r} -> {after!r}" for key, (before, after) in changes.items()
+             if tuple(key.split(".", 1)) in FIXED_ON_RESUME]
+    if fixed:
+        raise ConfigError(
+            f"cannot resume {path} with {'; '.join(fixed)}: a resumed run keeps the checkpoint's model, optimizer "
+            f"and batch. Resume with the settings it was trained with (see config.yaml beside it), or start a new "
+            f"run in another --output (model.checkpoint={path} starts from its weights)"
+        )
+
+
+def infer_num_classes(cfg: dict, class_names: list[str], split_root: Path, report: bool) -> None:
+    """Sets ``model.num_classes`` from the folder when the recipe leaves ImageNet's default; refuses a mismatch."""
+    configured, found = cfg["model"]["num_classes"], len(class_names)
+    if configured == found:
+        return
+    if configured == DEFAULTS["model"]["num_classes"]:
+        cfg["model"]["num_classes"] = found
+        if report:
+            print(f"model.num_classes: {found}, the class folders of {split_root} (the recipe's {configured} is "
+                  f"ImageNet's)", flush=True)
+        return
+    raise ConfigError(
+        f"model.num_classes={configured} but {split_root} holds {found} class folders; set model.num_classes="
+        f"{found} (or leave the recipe's default to take the folder count)"
+    )
+
+
+def check_same_classes(train_set, val_set) -> None:
+    train_names, val_names = set(train_set.class_to_idx), set(val_set.class_to_idx)
+    if train_names == val_names:
+        return
+    parts = []
+    for split_set, names, others in ((train_set, train_names, val_names), (val_set, val_names, train_names)):
+        only = sorted(names - others)
+        if only:
+            shown = ", ".join(only[:10]) + (f", ... ({len(only) - 10} more)" if len(only) > 10 else "")
+            parts.append(f"only {split_set.root} has images of {shown}")
+    raise DatasetError(
+        f"the train and val splits hold different classes ({'; '.join(parts)}), so a class index would mean "
+        f"different things in each; give both splits a non-empty folder for every class"
+    )
+
+
+def weights_finite(*modules: nn.Module) -> bool:
+    return all(
+        bool(torch.isfinite(tensor).all())
+        for module in modules for tensor in module.state_dict().values() if tensor.is_floating_point()
+    )
+
+
+def ema_start_share(cfg: dict, total_steps: int) -> float:
+    """How much of the EMA at the end of the run is still the weights of its first step (0 = none)."""
+    ema = cfg["ema"]
+    return 0.0 if ema["warmup"] else ema["decay"] ** max(total_steps - 1, 0)
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -142,6 +241,29 @@ class Trainer:
         train, runtime = cfg["train"], cfg["runtime"]
         seed_everything(train["seed"] + info.rank, train["deterministic"])
 
+        data_dir = cfg["data"]["dir"]
+        if not data_dir:
+            raise ConfigError("data.dir is not set; pass --data-dir DIR (a folder with train/ and val/)")
+        train_set = create_folder_dataset(data_dir, cfg["data"]["train_split"], None)
+        val_set = create_folder_dataset(data_dir, cfg["data"]["val_split"], None, substitute=False)
+        if info.is_main:
+            for notice in filter(None, (train_set.notice(), val_set.notice())):
+                warn(notice)
+        check_same_classes(train_set, val_set)
+        infer_num_classes(cfg, list(train_set.class_to_idx), train_set.root, info.is_main)
+
+        resume_state = load_training_checkpoint(resume) if resume is not None else None
+        self.changes: dict[str, tuple] = {}
+        if resume_state is not None:
+            self.changes = config_changes(resume_state["config"], cfg)
+            check_resume_changes(self.changes, resume)
+        mixing = cfg["aug"]["mixup"] > 0 or cfg["aug"]["cutmix"] > 0
+        if mixing and self.derived["batch_size"] % 2:
+            raise ConfigError(
+                f"mixup/cutmix pairs the images of a batch, but the per-device batch is {self.derived['batch_size']} "
+                f"(odd); choose an even train.batch_size or train.global_batch_size, or set aug.mixup=0 aug.cutmix=0"
+            )
+
         model = build_model(cfg)
         if runtime["grad_checkpointing"]:
             model.set_grad_checkpointing(True)
@@ -150,13 +272,10 @@ class Trainer:
             model.to(memory_format=torch.channels_last)
         self.model = model
         self.data_config = train_data_config(cfg, model)
+        train_set.transform = train_transform(cfg, self.data_config)
+        val_set.transform = eval_transform(self.data_config)
 
-        data_dir = cfg["data"]["dir"]
-        if not data_dir:
-            raise ConfigError("data.dir is not set; pass --data-dir DIR (a folder with train/ and val/)")
         pin = info.device.type == "cuda" and cfg["data"]["pin_memory"]
-        train_set = create_folder_dataset(data_dir, cfg["data"]["train_split"], train_transform(cfg, self.data_config))
-        val_set = create_folder_dataset(data_dir, cfg["data"]["val_split"], eval_transform(self.data_config))
         self.train_loader = create_train_loader(
             train_set, self.derived["batch_size"], train["seed"], info.rank, info.world_size,
             cfg["aug"]["repeated_aug"], cfg["data"]["workers"], pin,
@@ -171,6 +290,8 @@ class Trainer:
                 f"an epoch holds fewer than the {self.derived['accum_steps']} micro-batches of one optimizer step; "
                 f"lower train.global_batch_size"
             )
+        if cfg["ema"]["enabled"]:
+            self.check_ema_length(train["epochs"] * self.updates_per_epoch)
 
         self.optimizer = build_optimizer(cfg, model, self.derived["lr"])
         sched = cfg["sched"]
@@ -204,13 +325,29 @@ class Trainer:
         self.loss_count = 0
         self.best = {"metric": None, "epoch": None}
         self.history: list[dict] = []
+        self.resumes: list[dict] = []  # where each resume changed the config, for config.yaml
         self.wandb_id = None
-        if resume is not None:
-            self.load(resume)
+        if resume_state is not None:
+            self.load(resume_state, resume)
         self.wandb = None
         if use_wandb and info.is_main:
             self.wandb = WandbRun(cfg, output_dir, self.wandb_id)
             self.wandb_id = self.wandb.run_id
+
+    def check_ema_length(self, total_steps: int) -> None:
+        share = ema_start_share(self.cfg, total_steps)
+        if share <= 0.1:
+            return
+        decay = self.cfg["ema"]["decay"]
+        advice = ("set ema.warmup=true (the decay ramps up with the step count), a smaller ema.decay, "
+                  "or ema.enabled=false")
+        message = (f"ema.decay={decay} averages over ~{round(1 / (1 - decay))} optimizer steps but this run makes "
+                   f"{total_steps}: the EMA weights would end {share:.0%} made of the first step's weights")
+        if self.cfg["train"]["best_metric"] == "ema_top1" and share > 0.5:
+            raise ConfigError(f"{message}, and best.pth is chosen by their accuracy (train.best_metric=ema_top1); "
+                              f"{advice}, or train.best_metric=top1")
+        if self.info.is_main:
+            warn(f"{message}; {advice}")
 
     # --- checkpoints -------------------------------------------------------------------------------------
     def state(self) -> dict | None:
@@ -221,7 +358,6 @@ class Trainer:
         state = {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "epoch": self.epoch,
             "step_in_epoch": self.step_in_epoch,
@@ -231,6 +367,7 @@ class Trainer:
             "batch_size": self.derived["batch_size"],
             "best": dict(self.best),
             "history": list(self.history),
+            "resumes": list(self.resumes),
             "config": self.cfg,
             "wandb_id": self.wandb_id,
         }
@@ -243,8 +380,8 @@ class Trainer:
         if state is not None:
             atomic_save(state, self.output_dir / name)
 
-    def load(self, path: Path) -> None:
-        state = load_training_checkpoint(path)
+    def load(self, state: dict, path: Path) -> None:
+        """Continue from a training checkpoint under the current config (its lr, schedule, decay and the like)."""
         mid_epoch = state["step_in_epoch"] > 0
         same_layout = state["world_size"] == self.info.world_size and state["batch_size"] == self.derived["batch_size"]
         if mid_epoch and not same_layout:
@@ -252,9 +389,24 @@ class Trainer:
                 f"{path} was saved mid-epoch by {state['world_size']} process(es) with batch {state['batch_size']}; "
                 f"resume it with the same process count and train.batch_size, or from an end-of-epoch checkpoint"
             )
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        try:
+            self.model.load_state_dict(state["model"])
+        except RuntimeError as error:
+            raise CheckpointError(f"the weights in {path} do not fit {self.cfg['model']['name']}: "
+                                  f"{str(error).splitlines()[0]}") from None
+        # The optimizer keeps its moments from the checkpoint and takes its hyper-parameters from the config; the
+        # scheduler is a function of the config and the step count, so a changed lr or schedule applies from here.
+        configured = [{key: value for key, value in group.items() if key != "params"}
+                      for group in self.optimizer.param_groups]
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except ValueError as error:
+            raise ConfigError(
+                f"the optimizer state in {path} does not fit the optimizer configured now ({error}); a change of "
+                f"optim.weight_decay to or from 0 regroups the parameters: resume with the checkpoint's value"
+            ) from None
+        for group, settings in zip(self.optimizer.param_groups, configured):
+            group.update(settings)
         self.scaler.load_state_dict(state["scaler"])
         if self.ema is not None:
             if "model_ema" not in state:
@@ -262,6 +414,12 @@ class Trainer:
             self.ema.module.load_state_dict(state["model_ema"])
         self.epoch, self.step_in_epoch, self.global_step = state["epoch"], state["step_in_epoch"], state["global_step"]
         self.best, self.history, self.wandb_id = state["best"], state["history"], state["wandb_id"]
+        self.resumes = list(state.get("resumes", []))
+        if self.changes:
+            self.resumes.append({
+                "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
+                "changes": {key: list(values) for key, values in self.changes.items()},
+            })
         if same_layout:
             mine = state["per_rank"][self.info.rank]
             set_rng_state(mine["rng"])
@@ -273,6 +431,47 @@ class Trainer:
         if self.info.is_main:
             where = f"epoch {self.epoch}, step {self.step_in_epoch} of {self.updates_per_epoch}"
             print(f"resumed from {path}: {where}", flush=True)
+            for key, (before, after) in self.changes.items():
+                print(f"  {key}: {before!r} -> {after!r} (applied from here on)", flush=True)
+            self.restore_epoch_records(state)
+
+    def restore_epoch_records(self, state: dict) -> None:
+        """Redo the epoch-end writes that a kill after ``last.pth`` may have cut short (best.pth, summary.csv)."""
+        write_summary(self.history, self.output_dir / SUMMARY)
+        best_epoch = self.best["epoch"]
+        if best_epoch is None:
+            return
+        best_path = self.output_dir / BEST
+        recorded = None
+        if best_path.is_file():
+            try:
+                recorded = read_checkpoint(best_path).get("best", {}).get("epoch")
+            except CheckpointError:
+                recorded = None
+        if recorded == best_epoch:
+            return
+        if best_epoch == state["epoch"] and state["step_in_epoch"] == 0:
+            # The run stopped between writing last.pth and best.pth at the end of the best epoch: that state is it.
+            atomic_save(state, best_path)
+            print(f"rewrote {best_path} (epoch {best_epoch}) from the end-of-epoch checkpoint", flush=True)
+        else:
+            warn(f"{best_path} does not hold the best epoch ({best_epoch}) that the checkpoint records; it will be "
+                 f"written again when an epoch beats {self.best['metric']:.3f}")
+
+    def last_good(self) -> str:
+        last = self.output_dir / LAST
+        return f"{last} still holds the last good state" if last.is_file() else "no checkpoint was written"
+
+    def check_finite(self, what: str, value: float | None = None) -> None:
+        modules = [self.model] + ([self.ema.module] if self.ema is not None else [])
+        if (value is None or math.isfinite(value)) and weights_finite(*modules):
+            return
+        found = f"{what} is {value}" if value is not None and not math.isfinite(value) else f"the weights hold nan/inf"
+        raise DivergenceError(
+            f"training diverged in epoch {self.epoch + 1} (step {self.global_step}): {found}. Stopped without saving "
+            f"or marking anything best; {self.last_good()}. Lower optim.lr (now {self.cfg['optim']['lr']}) or set "
+            f"optim.clip_grad, then resume with --resume auto or start again"
+        )
 
     # --- the loop ----------------------------------------------------------------------------------------
     def optimizer_step(self) -> None:
@@ -321,9 +520,7 @@ class Trainer:
                 self.loss_sum += loss.detach().double() * len(images)
                 self.loss_count += len(images)
             if not math.isfinite(loss.item()):
-                raise FloatingPointError(
-                    f"loss is {loss.item()} at step {self.global_step}; lower optim.lr or check the data"
-                )
+                self.check_finite("the training loss", loss.item())
             self.optimizer_step()
             seconds = time.perf_counter() - start_time
             img_per_s = (self.step_in_epoch - start_step) * accum * batch * info.world_size / seconds
@@ -333,6 +530,7 @@ class Trainer:
             if self.wandb is not None and self.global_step % self.cfg["train"]["log_every"] == 0:
                 self.wandb.log({"train/loss": loss.item(), "train/lr": lr}, step=self.global_step)
             if every and self.step_in_epoch % every == 0 and self.step_in_epoch < self.updates_per_epoch:
+                self.check_finite("the training loss", loss.item())
                 self.save(LAST)
                 if info.is_main:
                     bar.write(f"saved {self.output_dir / LAST} (epoch {self.epoch}, step {self.step_in_epoch})")
@@ -359,6 +557,9 @@ class Trainer:
                 if self.ema is not None and cfg["ema"]["eval"]:
                     ema = evaluate(self.ema.module, self.val_loader, info, amp, channels_last)
                     row.update(ema_top1=ema["top1"], ema_top5=ema["top5"], ema_val_loss=ema["loss"])
+            for name in ("train_loss", "val_loss", "ema_val_loss"):
+                if name in row:
+                    self.check_finite(name, row[name])
             self.history.append(row)
             self.epoch += 1
             self.step_in_epoch = 0
@@ -370,10 +571,11 @@ class Trainer:
                 self.best = {"metric": row[key], "epoch": row["epoch"]}
             state = self.state()
             if info.is_main:
+                # In this order, a kill between the writes leaves last.pth ahead; resuming redoes the rest from it.
                 atomic_save(state, self.output_dir / LAST)
                 if improved:
                     atomic_save(state, self.output_dir / BEST)
-                write_summary(self.history, self.output_dir / "summary.csv")
+                write_summary(self.history, self.output_dir / SUMMARY)
                 print(format_row(row, self.best, key), flush=True)
                 if self.wandb is not None:
                     self.wandb.log({f"epoch/{k}": v for k, v in row.items()}, step=self.global_step)
@@ -393,32 +595,65 @@ def format_row(row: dict, best: dict, key: str) -> str:
     return "  ".join(parts)
 
 
-def prepare_output(output_dir: Path, resume: str | None, info: DistInfo) -> Path | None:
-    """The checkpoint to resume from (``auto`` = ``OUTPUT/last.pth`` if present); refuses to overwrite a run."""
-    last = output_dir / LAST
-    if resume == "auto":
-        resume_path = last if last.is_file() else None
-    elif resume:
-        resume_path = Path(resume)
-        if not resume_path.is_file():
-            raise ConfigError(f"cannot resume: {resume_path} does not exist")
-    else:
-        resume_path = None
-        if last.is_file():
-            raise ConfigError(
-                f"{output_dir} already holds a run ({last}); "
-                f"pass --resume auto to continue it or choose another --output"
-            )
+def prepare_output(output_dir: Path, resume: str | None, info: DistInfo) -> tuple[Path | None, OutputLock | None]:
+    """The checkpoint to resume from (``auto`` = ``OUTPUT/last.pth`` if present) and the folder's lock.
+
+    Only one run may use a folder at a time (the lock, held by rank 0); a new run refuses a folder that
+    already holds one, and the temporaries of a killed run's unfinished writes are removed.
+    """
+    lock = None
     if info.is_main:
-        output_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            output_dir.mkdir(parents=True, exist_ok=True)
+            lock = OutputLock(output_dir)
+        except OSError as error:
+            raise ConfigError(
+                f"cannot write the run folder {output_dir}: {error.strerror or error}; choose another --output"
+            ) from None
+    try:
+        last = output_dir / LAST
+        if resume == "auto":
+            resume_path = last if last.is_file() else None
+        elif resume:
+            resume_path = Path(resume)
+            if not resume_path.is_file():
+                raise ConfigError(f"cannot resume: {resume_path} does not exist")
+        else:
+            resume_path = None
+            if last.is_file():
+                raise ConfigError(
+                    f"{output_dir} already holds a run ({last}); "
+                    f"pass --resume auto to continue it or choose another --output"
+                )
+        if info.is_main:
+            for path in remove_stale_temporaries(output_dir):
+                print(f"removed {path}, left by an interrupted write", flush=True)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
     barrier(info)
-    return resume_path
+    return resume_path, lock
+
+
+class _TrainArgumentParser(argparse.ArgumentParser):
+    """Takes ``section.key=value`` overrides wherever they stand, after ``--data-dir`` and the like too."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, extras = super().parse_known_args(args, namespace)
+        late = [item for item in extras if "=" in item and not item.startswith("-")]
+        if late:
+            namespace.overrides = [*namespace.overrides, *late]
+            extras = [item for item in extras if item not in late]
+        return namespace, extras
 
 
 def add_train_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "train", help="train a model with a recipe from configs/cls (torchrun for several processes)"
     )
+    # argparse fills one positional list only before the first option; this class collects the later ones.
+    parser.__class__ = _TrainArgumentParser
     parser.add_argument("config", help="recipe YAML, or a model name whose recipe is configs/cls/<name>.yaml")
     parser.add_argument("overrides", nargs="*", help="config overrides section.key=value, e.g. optim.lr=2e-3")
     parser.add_argument("--data-dir", help="ImageNet-style folder with train/ and val/ (sets data.dir)")
@@ -430,6 +665,15 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     return parser
 
 
+def config_header(derived: dict, resumes: list[dict]) -> str:
+    lines = ["derived: " + ", ".join(f"{key}={value}" for key, value in derived.items())]
+    for resume in resumes:
+        changed = ", ".join(f"{key} {before!r} -> {after!r}" for key, (before, after) in resume["changes"].items())
+        lines.append(f"resumed at epoch {resume['epoch']} step {resume['step_in_epoch']} with {changed} "
+                     f"(the values above apply from there on)")
+    return "\n".join(lines)
+
+
 def run_train(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.data_dir:
@@ -438,13 +682,15 @@ def run_train(args: argparse.Namespace) -> int:
     output_dir = Path(args.output or Path(cfg["train"]["output"]) / cfg["model"]["name"])
     cfg["train"]["output"] = str(output_dir)
     info = init_distributed(cfg["runtime"]["device"])
+    lock = None
     try:
-        resume = prepare_output(output_dir, args.resume, info)
+        resume, lock = prepare_output(output_dir, args.resume, info)
         trainer = Trainer(cfg, output_dir, info, resume, args.wandb)
         if info.is_main:
-            derived = ", ".join(f"{key}={value}" for key, value in trainer.derived.items())
-            save_config(cfg, output_dir / "config.yaml", header=f"derived: {derived}")
+            save_config(cfg, output_dir / "config.yaml", header=config_header(trainer.derived, trainer.resumes))
         trainer.run()
     finally:
+        if lock is not None:
+            lock.release()
         shutdown(info)
     return 0

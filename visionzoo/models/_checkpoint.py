@@ -36,24 +36,17 @@ def _unwrap(obj, path) -> dict[str, torch.Tensor]:
     return dict(obj)
 
 
-def load_state_dict(path: str | Path, prefer_ema: bool = False) -> dict[str, torch.Tensor]:
-    """Read a state dict from ``.safetensors`` or a torch file, refusing anything but tensors and containers.
+def read_checkpoint(path: str | Path):
+    """The object in a torch file, unpickled with ``weights_only=True``: tensors, containers and plain types only.
 
-    Training checkpoints wrapping the weights under ``model``/``state_dict`` (and ``module.`` prefixes
-    from DistributedDataParallel) are unwrapped; ``prefer_ema`` picks ``state_dict_ema``/``model_ema``.
+    A file that would need arbitrary unpickling, a truncated or corrupt file, and a missing one each raise a
+    :class:`CheckpointError` that says so (never torch's advice to re-run with ``weights_only=False``).
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path), device="cpu")
-        except Exception as error:
-            raise CheckpointError(f"{path} is not a readable safetensors file: {error}") from error
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         message = str(error)
         reason = next((line.strip() for line in message.splitlines() if "GLOBAL" in line), None)
@@ -66,9 +59,52 @@ def load_state_dict(path: str | Path, prefer_ema: bool = False) -> dict[str, tor
             f"when unpickled ({reason}). Nothing from the file was executed. "
             f"Re-save only the weights (torch.save(model.state_dict(), ...)) or convert the file to safetensors."
         ) from None
-    except (RuntimeError, EOFError, OSError) as error:
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {error}") from error
-    if prefer_ema and isinstance(obj, Mapping):
+    except (RuntimeError, EOFError, OSError, ValueError) as error:
+        # torch follows the reason with paragraphs of advice; the reason is its first sentence.
+        text = str(error).strip()
+        first_line = text.splitlines()[0].split(". ")[0] if text else type(error).__name__
+        raise CheckpointError(
+            f"{path} is not a readable PyTorch checkpoint (truncated, corrupt or not written by torch.save): "
+            f"{first_line}"
+        ) from None
+
+
+def has_ema_weights(obj) -> bool:
+    return isinstance(obj, Mapping) and any(isinstance(obj.get(key), Mapping) for key in EMA_KEYS)
+
+
+def load_state_dict(
+    path: str | Path, prefer_ema: bool = False, require_ema: bool = False
+) -> dict[str, torch.Tensor]:
+    """Read a state dict from ``.safetensors`` or a torch file, refusing anything but tensors and containers.
+
+    Training checkpoints wrapping the weights under ``model``/``state_dict`` (and ``module.`` prefixes
+    from DistributedDataParallel) are unwrapped; ``prefer_ema`` picks ``state_dict_ema``/``model_ema`` when
+    present, ``require_ema`` refuses a file without them.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        if require_ema:
+            raise CheckpointError(f"{path} is a safetensors file of one set of weights; it holds no EMA weights")
+        try:
+            return load_file(str(path), device="cpu")
+        except Exception as error:
+            raise CheckpointError(f"{path} is not a readable safetensors file: {error}") from error
+    return state_dict_from(read_checkpoint(path), path, prefer_ema, require_ema)
+
+
+def state_dict_from(obj, path, prefer_ema: bool = False, require_ema: bool = False) -> dict[str, torch.Tensor]:
+    """The weights in an object read by :func:`read_checkpoint` from ``path`` (see :func:`load_state_dict`)."""
+    if require_ema and not has_ema_weights(obj):
+        raise CheckpointError(
+            f"{path} holds no EMA weights (no {' or '.join(EMA_KEYS)} entry: the run trained without ema.enabled); "
+            f"evaluate it without --ema"
+        )
+    if (prefer_ema or require_ema) and isinstance(obj, Mapping):
         for key in EMA_KEYS:
             if isinstance(obj.get(key), Mapping):
                 return _unwrap(obj[key], path)
