@@ -188,12 +188,12 @@ class Backbone(nn.Module):
     def prune_intermediate_layers(
         self, indices: int | Sequence[int] = 1, prune_norm: bool = False, prune_head: bool = True
     ) -> list[int]:
-        """Drop the stages after the last of ``indices``; the neck and head go too when they were sized for
-        a dropped stage. Returns the kept indices."""
+        """Drop the stages after the last of ``indices`` (the neck with ``prune_norm``); the head goes too when
+        it was sized for a dropped stage. Returns the kept indices."""
         take_indices, max_index = prune_stages(self, indices)
         if max_index < len(self.feature_info) - 1:
             self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
-            prune_norm = prune_head = True
+            prune_head = True
         if prune_norm:
             self.prune_neck()
         if prune_head:

@@ -350,9 +350,6 @@ class HaloNet(Backbone):
     def forward_neck(self, x: torch.Tensor) -> torch.Tensor:
         return self.final_conv(x)
 
-    def prune_neck(self) -> None:
-        self.final_conv = nn.Identity()
-
     def forward_intermediates(
         self,
         x: torch.Tensor,
@@ -391,10 +388,10 @@ class HaloNet(Backbone):
             for name in list(self.stem._modules)[self._stem_tap_index + 1:]:
                 setattr(self.stem, name, nn.Identity())
         if max_index < len(self.feature_info) - 1:
+            # final_conv and the head are sized for the last stage, which is gone.
+            self.final_conv = nn.Identity()
             self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
-            prune_norm = prune_head = True
-        if prune_norm:
-            self.prune_neck()
+            prune_head = True
         if prune_head:
             self.reset_classifier(0, "")
         return take_indices
