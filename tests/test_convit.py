@@ -158,7 +158,7 @@ def test_prune_before_class_token_keeps_gpsa_features(tiny_pair):
 
 def test_bad_inputs_say_what_to_do():
     model = timm.create_model("vz_convit_tiny")
-    with pytest.raises(ValueError, match="divisible by the patch size 16.*100x64"):
+    with pytest.raises(ValueError, match="multiples of 16.*100x64"):
         model(torch.randn(1, 3, 100, 64))
     with pytest.raises(ValueError, match="3 input channels"):
         model(torch.randn(1, 1, 64, 64))

@@ -59,11 +59,35 @@ def test_input_too_small_for_stride(name):
         model(torch.randn(1, 3, too_small, too_small))
 
 
+@pytest.mark.parametrize("name", sorted(smallest_per_family()))
+def test_empty_batch_is_refused_the_same_way_by_every_family(name):
+    model = visionzoo.create_model(name).eval()
+    height, width = model.pretrained_cfg["input_size"][1:]
+    empty = torch.randn(0, 3, height, width)
+    with pytest.raises(ValueError, match=r"empty batch \(shape \(0, 3, .*\)\); pass at least one image"):
+        model(empty)
+    with pytest.raises(ValueError, match="empty batch"):
+        model.forward_intermediates(empty)
+
+
+@pytest.mark.parametrize("name", sorted(smallest_per_family()))
+def test_integer_input_says_to_convert_to_float(name):
+    model = visionzoo.create_model(name).eval()
+    height, width = model.pretrained_cfg["input_size"][1:]
+    image = torch.randint(0, 256, (1, 3, height, width), dtype=torch.uint8)
+    with pytest.raises(TypeError, match=r"floating-point image batch, got dtype torch.uint8; convert it with x.float\(\)"):
+        model(image)
+    with pytest.raises(TypeError, match="torch.int64"):
+        model.forward_intermediates(image.long())
+
+
 def test_check_image_input_messages():
     with pytest.raises(TypeError, match="torch.Tensor"):
         check_image_input([1, 2], 3)
     with pytest.raises(ValueError, match="at least 32x32"):
         check_image_input(torch.zeros(1, 3, 16, 40), 3, min_size=32)
+    with pytest.raises(ValueError, match="multiples of 32, got 64x40; resize or pad to e.g. 64x64"):
+        check_image_input(torch.zeros(1, 3, 64, 40), 3, multiple=32)
 
 
 @needs_model

@@ -305,3 +305,82 @@ def test_compile_inductor_matches_eager(name):
     compiled = torch.compile(model, fullgraph=True)
     with torch.no_grad():
         assert _close(compiled(x), model(x), rtol=1e-4, atol=1e-4)
+
+
+def _module_outputs(model, module_names, x):
+    """Eager outputs of the named submodules for input ``x`` (what FX feature extraction must reproduce)."""
+    outputs = {}
+    handles = [
+        model.get_submodule(name).register_forward_hook(
+            lambda module, args, output, name=name: outputs.__setitem__(name, output)
+        )
+        for name in module_names
+    ]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return [outputs[name] for name in module_names]
+
+
+@pytest.mark.parametrize("name", HEAVY)
+def test_fx_symbolic_trace_matches_eager(name):
+    """The graph records the input checks and size-dependent choices as calls, so it runs at other sizes too."""
+    model = create(name).eval()
+    traced = torch.fx.symbolic_trace(model)
+    for size_index in (0, 1):
+        x = _input(name, size_index)
+        with torch.no_grad():
+            assert _close(traced(x), model(x)), f"traced output differs at input {tuple(x.shape)}"
+    with pytest.raises(ValueError, match="input channels"):
+        traced(torch.randn(1, 1, *input_sizes(name)[0]))
+
+
+@pytest.mark.parametrize("name", HEAVY)
+def test_fx_feature_extraction_matches_eager(name):
+    """torchvision's create_feature_extractor and timm's ``feature_cls='fx'`` return the feature modules'
+    eager outputs."""
+    from torchvision.models.feature_extraction import create_feature_extractor
+
+    model = create(name).eval()
+    modules = [info["module"] for info in model.feature_info]
+    x = _input(name)
+    expected = _module_outputs(model, modules, x)
+    extractor = create_feature_extractor(model, return_nodes={module: module for module in modules})
+    with torch.no_grad():
+        extracted = extractor(x)
+    assert list(extracted) == modules
+    assert all(_close(extracted[m], e) for m, e in zip(modules, expected))
+
+    graph_net = create(name, features_only=True, feature_cls="fx").eval()
+    loaded = graph_net.graph_module.load_state_dict(model.state_dict(), strict=False)
+    assert not loaded.missing_keys, loaded.missing_keys[:5]
+    with torch.no_grad():
+        features = graph_net(x)
+    assert len(features) == len(expected)
+    assert all(_close(f, e) for f, e in zip(features, expected))
+
+
+CONSTRUCTION_DEVICES = ["meta", pytest.param(
+    "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+)]
+
+
+@pytest.mark.parametrize("device", CONSTRUCTION_DEVICES)
+@pytest.mark.parametrize("name", EVERY)
+def test_construction_under_a_default_device_context(name, device):
+    """Deferred initialisation (accelerate's init_empty_weights, FSDP) builds under ``with torch.device(...)``:
+    every parameter and buffer lands there, as with the ``device=`` keyword."""
+    with torch.device(device):
+        model = timm.create_model(name)
+    tensors = [*model.parameters(), *model.buffers()]
+    assert {t.device.type for t in tensors} == {device}
+    reference = create(name, device="meta")
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in reference.parameters())
+    if device != "meta":
+        model.eval()
+        with torch.no_grad():
+            out = model(_input(name, batch=1).to(device))
+        assert out.shape == (1, model.num_classes) and torch.isfinite(out).all()

@@ -15,6 +15,14 @@ class InferenceInplaceGELU(nn.Module):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled() and x.requires_grad:
-            return F.gelu(x)
-        return torch.ops.aten.gelu_(x)
+        return gelu_inplace_unless_recorded(x)
+
+
+def gelu_inplace_unless_recorded(x: torch.Tensor) -> torch.Tensor:
+    if torch.is_grad_enabled() and x.requires_grad:
+        return F.gelu(x)
+    return torch.ops.aten.gelu_(x)
+
+
+# Whether autograd records x is known only at run time: traced graphs call the choice whole.
+torch.fx.wrap("gelu_inplace_unless_recorded")

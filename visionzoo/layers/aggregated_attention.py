@@ -16,6 +16,27 @@ from torch import nn
 from visionzoo.ops import scaled_dot_product_attention
 from visionzoo.ops.aggregated_attention import aggregated_attention, cpb_coordinates, local_window_mask
 
+def pooled_grid(height: int, width: int, sr_ratio: int, fixed_pool_size: int | None) -> tuple[int, int]:
+    """The pooled key grid of aggregated attention on an H×W token grid; a ValueError names the fix when the
+    grid is too small to pool."""
+    if fixed_pool_size is not None:
+        if fixed_pool_size > min(height, width):
+            raise ValueError(
+                f"fixed_pool_size={fixed_pool_size} exceeds the {height}x{width} token grid of this "
+                f"stage; use a larger input or a fixed_pool_size of at most {min(height, width)}"
+            )
+        return fixed_pool_size, fixed_pool_size
+    if height < sr_ratio or width < sr_ratio:
+        raise ValueError(
+            f"a {height}x{width} token grid pools to nothing at sr_ratio {sr_ratio}; "
+            f"the input must be at least {sr_ratio} tokens on each side at this stage (use a larger image)"
+        )
+    return height // sr_ratio, width // sr_ratio
+
+
+# The grid depends on the input's size, which a symbolic trace cannot branch on: traced graphs call it whole.
+torch.fx.wrap("pooled_grid")
+
 CPB_HIDDEN = 512
 # softplus(τ) starts at 1/0.24: the initial inverse temperature of the cosine-similarity logits.
 INITIAL_INVERSE_TEMPERATURE = 1 / 0.24
@@ -114,19 +135,7 @@ class AggregatedAttention(_CosineAttentionParameters):
 
     def pool_size(self, height: int, width: int) -> tuple[int, int]:
         """The pooled key grid for an H×W input, with an error naming the fix when it would be empty."""
-        if self.fixed_pool_size is not None:
-            if self.fixed_pool_size > min(height, width):
-                raise ValueError(
-                    f"fixed_pool_size={self.fixed_pool_size} exceeds the {height}x{width} token grid of this "
-                    f"stage; use a larger input or a fixed_pool_size of at most {min(height, width)}"
-                )
-            return self.fixed_pool_size, self.fixed_pool_size
-        if height < self.sr_ratio or width < self.sr_ratio:
-            raise ValueError(
-                f"a {height}x{width} token grid pools to nothing at sr_ratio {self.sr_ratio}; "
-                f"the input must be at least {self.sr_ratio} tokens on each side at this stage (use a larger image)"
-            )
-        return height // self.sr_ratio, width // self.sr_ratio
+        return pooled_grid(height, width, self.sr_ratio, self.fixed_pool_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, height, width, channels = x.shape

@@ -13,6 +13,23 @@ from torch import nn
 from visionzoo.ops.gpsa import gated_positional_attention, relative_position_features
 
 
+def _grid_features(cached: torch.Tensor, cached_grid: tuple[int, int], grid_size: tuple[int, int]) -> torch.Tensor:
+    """The relative-position features of ``grid_size``: the cached ones when it is the build grid."""
+    if tuple(grid_size) == tuple(cached_grid):
+        return cached
+    return relative_position_features(*grid_size, device=cached.device, dtype=cached.dtype)
+
+
+def _check_token_grid(tokens: int, grid_size: tuple[int, int]) -> None:
+    if tokens != grid_size[0] * grid_size[1]:
+        raise ValueError(f"GPSA got {tokens} tokens for a {grid_size[0]}x{grid_size[1]} grid; pass the token grid")
+
+
+# Both branch on the input's size, which a symbolic trace cannot: traced graphs call them whole.
+torch.fx.wrap("_grid_features")
+torch.fx.wrap("_check_token_grid")
+
+
 class GatedPositionalSelfAttention(nn.Module):
     """GPSA on (B, N, C) patch tokens laid out row-major on a (height, width) grid.
 
@@ -82,16 +99,11 @@ class GatedPositionalSelfAttention(nn.Module):
 
     def positional_logits(self, grid_size: tuple[int, int]) -> torch.Tensor:
         """(H, N, N) positional logits for a row-major grid of ``grid_size`` tokens."""
-        if tuple(grid_size) == self.grid_size:
-            features = self.rel_pos
-        else:
-            features = relative_position_features(*grid_size, device=self.rel_pos.device, dtype=self.rel_pos.dtype)
-        return self.pos_proj(features).permute(2, 0, 1)
+        return self.pos_proj(_grid_features(self.rel_pos, self.grid_size, grid_size)).permute(2, 0, 1)
 
     def forward(self, x: torch.Tensor, grid_size: tuple[int, int]) -> torch.Tensor:
         batch, tokens, channels = x.shape
-        if tokens != grid_size[0] * grid_size[1]:
-            raise ValueError(f"GPSA got {tokens} tokens for a {grid_size[0]}x{grid_size[1]} grid; pass the token grid")
+        _check_token_grid(tokens, grid_size)
         q, k = self.qk(x).reshape(batch, tokens, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         v = self.v(x).reshape(batch, tokens, self.num_heads, self.head_dim).transpose(1, 2)
         out = gated_positional_attention(

@@ -24,6 +24,19 @@ class RelativePositionTables(nn.Module):
         self.width_rel = nn.Parameter(torch.empty(2 * win_size - 1, dim_head, device=device, dtype=dtype))
 
 
+def _check_strided_map(x: torch.Tensor, stride: int) -> None:
+    height, width = x.shape[-2:]
+    if height % stride or width % stride:
+        raise ValueError(
+            f"strided halo attention needs even map sides, got {height}x{width}; "
+            f"use an input size that is a multiple of the network stride"
+        )
+
+
+# The check reads the input's size, which a symbolic trace cannot branch on: traced graphs call it whole.
+torch.fx.wrap("_check_strided_map")
+
+
 class HaloAttention(nn.Module):
     """Blocked local self-attention with a halo; any map size (padded to whole blocks, padding masked)."""
 
@@ -71,12 +84,7 @@ class HaloAttention(nn.Module):
         nn.init.trunc_normal_(self.pos_embed.width_rel, std=self.scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        height, width = x.shape[-2:]
-        if height % self.query_stride or width % self.query_stride:
-            raise ValueError(
-                f"strided halo attention needs even map sides, got {height}x{width}; "
-                f"use an input size that is a multiple of the network stride"
-            )
+        _check_strided_map(x, self.query_stride)
         q = self.q(x).unflatten(1, (self.num_heads, self.dim_head_qk))
         k, v = self.kv(x).unflatten(1, (self.num_heads, -1)).split([self.dim_head_qk, self.dim_head_v], dim=2)
         out = halo_attention(

@@ -20,17 +20,14 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from visionzoo.layers.attention import MultiHeadSelfAttention
-from visionzoo.layers.checks import check_image_input
 from visionzoo.layers.drop import DropPath
 from visionzoo.layers.gpsa import GatedPositionalSelfAttention
 from visionzoo.layers.mlp import Mlp
 from visionzoo.layers.patch_embed import PatchEmbed
 from visionzoo.layers.pos_embed import resample_grid_embed
+from visionzoo.models._base import Backbone
 
 __all__ = ["ConVit", "checkpoint_filter_fn"]
-
-GLOBAL_POOLS = ("token", "avg", "")
-
 
 def _init_linear_and_norm(module: nn.Module) -> None:
     if isinstance(module, nn.Linear):
@@ -85,8 +82,12 @@ class ConVitBlock(nn.Module):
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
-class ConVit(nn.Module):
+class ConVit(Backbone):
     """ConViT (arXiv 2103.10697): patch embed + absolute position embedding, GPSA blocks, class token, MHSA blocks."""
+
+    model_name = "ConViT"
+    global_pools = ("token", "avg", "")
+    feature_fmt = "NLC"
 
     def __init__(
         self,
@@ -110,23 +111,17 @@ class ConVit(nn.Module):
         device=None,
         dtype=None,
     ):
-        super().__init__()
-        if global_pool not in GLOBAL_POOLS:
-            raise ValueError(f"global_pool must be one of {GLOBAL_POOLS}, got {global_pool!r}")
+        super().__init__(in_chans, num_classes, min_input_size=patch_size, input_multiple=patch_size)
         if not 0 <= local_up_to_layer <= depth:
             raise ValueError(f"local_up_to_layer must be in [0, depth={depth}], got {local_up_to_layer}")
         img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
         if img_size[0] % patch_size or img_size[1] % patch_size:
             raise ValueError(f"img_size {img_size} must be a multiple of patch_size {patch_size}")
-        self.num_classes = num_classes
-        self.in_chans = in_chans
-        self.global_pool = global_pool
         self.patch_size = patch_size
         self.local_up_to_layer = local_up_to_layer
         self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
         self.grid_size = (img_size[0] // patch_size, img_size[1] // patch_size)
         self.num_prefix_tokens = 1
-        self.grad_checkpointing = False
 
         self.patch_embed = PatchEmbed(in_chans, embed_dim, patch_size, device=device, dtype=dtype)
         self.pos_embed = nn.Parameter(
@@ -148,12 +143,10 @@ class ConVit(nn.Module):
         self.feature_info = [
             dict(num_chs=embed_dim, reduction=patch_size, module=f"blocks.{index}") for index in range(depth)
         ]
-        self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(embed_dim, num_classes, device=device, dtype=dtype) if num_classes > 0 else nn.Identity()
+        self._init_pooled_head(num_classes, global_pool, drop_rate, device=device, dtype=dtype)
 
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
-        self.head.apply(_init_linear_and_norm)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
@@ -167,43 +160,27 @@ class ConVit(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
 
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
+    def _checked_pool(self, global_pool: str) -> str:
+        if global_pool == "token" and self.cls_token is None:
+            raise ValueError("token pooling needs the class token, which prune_intermediate_layers removed")
+        return super()._checked_pool(global_pool)
 
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        if global_pool is not None:
-            if global_pool not in GLOBAL_POOLS:
-                raise ValueError(f"global_pool must be one of {GLOBAL_POOLS}, got {global_pool!r}")
-            if global_pool == "token" and self.cls_token is None:
-                raise ValueError("token pooling needs the class token, which prune_intermediate_layers removed")
-            self.global_pool = global_pool
-        self.num_classes = num_classes
-        self.head = (
-            nn.Linear(self.embed_dim, num_classes, device=self.pos_embed.device, dtype=self.pos_embed.dtype)
-            if num_classes > 0
-            else nn.Identity()
-        )
-        self.head.apply(_init_linear_and_norm)
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        if self.global_pool == "token":
+            return x[:, 0]
+        if self.global_pool == "avg":
+            return x[:, self.num_prefix_tokens:].mean(dim=1)
+        return x
 
     def _patch_grid(self, x: torch.Tensor) -> tuple[int, int]:
-        check_image_input(x, self.in_chans, min_size=self.patch_size, model_name=type(self).__name__)
+        self.check_input(x)
         height, width = x.shape[-2:]
-        if height % self.patch_size or width % self.patch_size:
-            raise ValueError(
-                f"ConVit needs height and width divisible by the patch size {self.patch_size}, got {height}x{width}; "
-                f"resize or pad the image (e.g. to {height // self.patch_size * self.patch_size}x"
-                f"{width // self.patch_size * self.patch_size})"
-            )
         return height // self.patch_size, width // self.patch_size
 
     def _embed(self, x: torch.Tensor, grid_size: tuple[int, int]) -> torch.Tensor:
-        """Patch tokens (B, N, C) plus the position embedding resampled to ``grid_size``."""
+        """Patch tokens (B, N, C) plus the position embedding for ``grid_size``."""
         x = self.patch_embed(x).flatten(2).transpose(1, 2)
-        pos_embed = self.pos_embed
-        if grid_size != self.grid_size:
-            pos_embed = resample_grid_embed(pos_embed, grid_size, self.grid_size)
-        return self.pos_drop(x + pos_embed)
+        return self.pos_drop(x + _grid_pos_embed(self.pos_embed, grid_size, self.grid_size))
 
     def _run_block(self, index: int, x: torch.Tensor, grid_size: tuple[int, int]) -> torch.Tensor:
         if index == self.local_up_to_layer and self.cls_token is not None:
@@ -266,16 +243,16 @@ class ConVit(nn.Module):
             x = self._run_block(index, x, grid_size)
         return self.norm(x)
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        if self.global_pool == "token":
-            x = x[:, 0]
-        elif self.global_pool == "avg":
-            x = x[:, self.num_prefix_tokens:].mean(dim=1)
-        x = self.head_drop(x)
-        return x if pre_logits else self.head(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
+def _grid_pos_embed(pos_embed: torch.Tensor, grid_size: tuple[int, int], trained_grid: tuple[int, int]) -> torch.Tensor:
+    """The position embedding for a ``grid_size`` patch grid: as trained, or resampled from ``trained_grid``."""
+    if tuple(grid_size) == tuple(trained_grid):
+        return pos_embed
+    return resample_grid_embed(pos_embed, grid_size, trained_grid)
+
+
+# The choice depends on the input's size, which a symbolic trace cannot branch on: traced graphs call it whole.
+torch.fx.wrap("_grid_pos_embed")
 
 
 def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: ConVit) -> dict[str, torch.Tensor]:

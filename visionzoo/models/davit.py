@@ -19,22 +19,33 @@ import torch
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import LayerNorm2d, NormMlpClassifierHead, trunc_normal_
-from timm.models import build_model_with_cfg, checkpoint, checkpoint_seq
+from timm.models import build_model_with_cfg, checkpoint_seq
 from timm.models import generate_default_cfgs, register_model
 from torch import nn
 
 from visionzoo.layers.activations import InferenceInplaceGELU
 from visionzoo.layers.channel_attention import ChannelGroupAttention
-from visionzoo.layers.checks import check_image_input
-from visionzoo.layers.stages import check_nchw_only, prune_stages, run_stages, set_stage_checkpointing
-from visionzoo.layers.drop import DropPath
+from visionzoo.layers.drop import DropPath, drop_path_rates
 from visionzoo.layers.mlp import Mlp
 from visionzoo.layers.pos_embed import ConvPosEnc
 from visionzoo.layers.window_attention import WindowAttention
+from visionzoo.models._base import Backbone
 from visionzoo.models._checkpoint import _unwrap
 from visionzoo.ops.window import pad_to_windows
 
 __all__ = ["DaViT", "checkpoint_filter_fn"]
+
+
+def _pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Zero-pad an NCHW map at the bottom/right to sides that are multiples of ``multiple`` (no copy if they are)."""
+    pad_bottom, pad_right = -x.shape[-2] % multiple, -x.shape[-1] % multiple
+    if pad_bottom or pad_right:
+        x = F.pad(x, (0, pad_right, 0, pad_bottom))
+    return x
+
+
+# The padding depends on the input's size, which a symbolic trace cannot branch on: traced graphs call it whole.
+torch.fx.wrap("_pad_to_multiple")
 
 
 class Stem(nn.Module):
@@ -47,9 +58,7 @@ class Stem(nn.Module):
         self.norm = nn.LayerNorm(out_chs, eps=norm_eps, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pad_bottom, pad_right = -x.shape[-2] % self.stride, -x.shape[-1] % self.stride
-        if pad_bottom or pad_right:
-            x = F.pad(x, (0, pad_right, 0, pad_bottom))
+        x = _pad_to_multiple(x, self.stride)
         # A channels-last input makes the conv write channels-last: the 3-channel copy here saves a wide one later.
         x = self.conv(x.contiguous(memory_format=torch.channels_last))
         return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
@@ -147,8 +156,10 @@ class DaViTStage(nn.Module):
         return x.permute(0, 3, 1, 2)
 
 
-class DaViT(nn.Module):
+class DaViT(Backbone):
     """DaViT backbone and classifier (arXiv 2204.03645); any input size, 4-level pyramid at strides 4–32."""
+
+    model_name = "DaViT"
 
     def __init__(
         self,
@@ -167,22 +178,19 @@ class DaViT(nn.Module):
         device=None,
         dtype=None,
     ):
-        super().__init__()
+        super().__init__(in_chans, num_classes)
         if not len(embed_dims) == len(depths) == len(num_heads):
             raise ValueError(
                 f"embed_dims, depths and num_heads need one entry per stage, got {len(embed_dims)}, "
                 f"{len(depths)} and {len(num_heads)}"
             )
         dd = dict(device=device, dtype=dtype)
-        self.in_chans = in_chans
-        self.num_classes = num_classes
         self.num_features = self.head_hidden_size = embed_dims[-1]
         self.drop_rate = drop_rate
-        self.grad_checkpointing = False
 
         self.stem = Stem(in_chans, embed_dims[0], norm_eps, **dd)
         # Stochastic depth grows linearly over every spatial and channel block, as in the official code.
-        rates = torch.linspace(0, drop_path_rate, 2 * sum(depths)).tolist()
+        rates = drop_path_rates(drop_path_rate, 2 * sum(depths))
         stages, self.feature_info, in_chs = [], [], embed_dims[0]
         for index, (width, depth, heads) in enumerate(zip(embed_dims, depths, num_heads)):
             first = 2 * sum(depths[:index])
@@ -205,77 +213,6 @@ class DaViT(nn.Module):
             trunc_normal_(module.weight, std=0.02)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
-
-    @torch.jit.ignore
-    def no_weight_decay(self) -> set[str]:
-        return set()
-
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> dict:
-        return dict(
-            stem=r"^stem",
-            blocks=r"^stages\.(\d+)" if coarse else [
-                (r"^stages\.(\d+)\.downsample", (0,)),
-                (r"^stages\.(\d+)\.blocks\.(\d+)", None),
-                (r"^head\.norm", (99999,)),
-            ],
-        )
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        set_stage_checkpointing(self, enable)
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head.fc
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        self.num_classes = num_classes
-        self.head.reset(num_classes, global_pool)
-
-    def forward_intermediates(
-        self,
-        x: torch.Tensor,
-        indices: int | list[int] | None = None,
-        norm: bool = False,
-        stop_early: bool = False,
-        output_fmt: str = "NCHW",
-        intermediates_only: bool = False,
-    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
-        """Stage outputs (NCHW) at ``indices`` (last n if int, all if None). DaViT has no norm before its head
-        pooling, so ``norm`` changes nothing."""
-        check_nchw_only(output_fmt, "DaViT")
-        check_image_input(x, self.in_chans, model_name="DaViT")
-        run = checkpoint if self.grad_checkpointing and not torch.jit.is_scripting() else None
-        x, intermediates = run_stages(self.stages, self.stem(x), indices, stop_early or intermediates_only, run)
-        return intermediates if intermediates_only else (x, intermediates)
-
-    def prune_intermediate_layers(
-        self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
-    ) -> list[int]:
-        """Drop the stages after the last index needed (and the head); returns the kept indices."""
-        take_indices, max_index = prune_stages(self, indices)
-        if max_index < len(self.feature_info) - 1:
-            # The head's norm is sized for the last stage, which is gone.
-            self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
-            prune_head = True
-        if prune_head:
-            self.num_classes = 0
-            self.head.reset(0, "", reset_other=True)
-        return take_indices
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        check_image_input(x, self.in_chans, model_name="DaViT")
-        x = self.stem(x)
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            return checkpoint_seq(self.stages, x)
-        return self.stages(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        return self.head(x, pre_logits=pre_logits)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 _OFFICIAL_RENAMES = (

@@ -20,17 +20,18 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import ClassifierHead, make_divisible
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from torch import nn
 
-from visionzoo.layers.checks import check_image_input
 from visionzoo.layers.stages import check_nchw_only
 from visionzoo.layers.conv_bn import fuse_conv_bn
-from visionzoo.layers.drop import DropPath
+from visionzoo.layers.drop import DropPath, drop_path_rates
 from visionzoo.layers.halo import HaloAttention
+from visionzoo.models._base import Backbone
 from visionzoo.models._checkpoint import _unwrap
 
 NETWORK_STRIDE = 32
@@ -86,9 +87,12 @@ class ConvBnAct(nn.Module):
         conv = self.conv
         # Folding rescales the weights on every call, a BatchNorm pass reads and writes the output map:
         # fold where the weights per output pixel are fewer than the output pixels per channel. Exporters get
-        # the plain pair, which they fold themselves into constant weights.
+        # the plain pair, which they fold themselves into constant weights, and so does an FX symbolic trace,
+        # which cannot branch on the input's size.
+        if self.training or torch.compiler.is_exporting() or is_fx_symbolic_tracing():
+            return self.act(self.bn(conv(x)))
         out_pixels = x.shape[0] * (x.shape[-2] // conv.stride[0]) * (x.shape[-1] // conv.stride[1])
-        if self.training or torch.compiler.is_exporting() or conv.weight[0].numel() > out_pixels:
+        if conv.weight[0].numel() > out_pixels:
             return self.act(self.bn(conv(x)))
         scale = self.bn.weight * torch.rsqrt(self.bn.running_var + self.bn.eps)
         weight = conv.weight * scale.reshape(-1, 1, 1, 1)
@@ -119,8 +123,19 @@ class BatchNormAct(nn.BatchNorm2d):
         super().__init__(num_features, device=device, dtype=dtype)
         self.act = act_layer(inplace=True)
 
+    def _check_input_dim(self, x: torch.Tensor) -> None:
+        _check_batch_norm_2d_input(x)  # BatchNorm2d's check, in a form a symbolic trace records as one call
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(super().forward(x))
+
+
+def _check_batch_norm_2d_input(x: torch.Tensor) -> None:
+    if x.dim() != 4:
+        raise ValueError(f"expected 4D input (got {x.dim()}D input)")
+
+
+torch.fx.wrap("_check_batch_norm_2d_input")
 
 
 class SqueezeExcite(nn.Module):
@@ -238,8 +253,23 @@ def _stem(cfg: HaloNetCfg, in_chans: int, dd: dict) -> tuple[nn.Sequential, str,
     return stem, tap, 64
 
 
-class HaloNet(nn.Module):
+class HaloNetStage(nn.Sequential):
+    """A stage's blocks, run under gradient checkpointing when asked (keys stay ``stages.{i}.{j}``)."""
+
+    def __init__(self, *blocks: nn.Module):
+        super().__init__(*blocks)
+        self.grad_checkpointing = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint_seq(self, x)
+        return super().forward(x)
+
+
+class HaloNet(Backbone):
     """HaloNet / HaloNet-hybrid backbone with a pooled linear classifier."""
+
+    model_name = "HaloNet"
 
     def __init__(
         self,
@@ -253,18 +283,15 @@ class HaloNet(nn.Module):
         device=None,
         dtype=None,
     ):
-        super().__init__()
+        super().__init__(in_chans, num_classes, min_input_size=NETWORK_STRIDE, input_multiple=NETWORK_STRIDE)
         dd = dict(device=device, dtype=dtype)
-        self.in_chans = in_chans
-        self.num_classes = num_classes
-        self.grad_checkpointing = False
         self.stem, stem_tap, prev_chs = _stem(cfg, in_chans, dd)
         stem_tap_chs = getattr(self.stem, stem_tap).conv.out_channels
         self._stem_tap_index = list(self.stem._modules).index(stem_tap)
         self.feature_info = [dict(num_chs=stem_tap_chs, reduction=2, module=f"stem.{stem_tap}")]
 
         depths = [len(types) for types in cfg.block_types]
-        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        rates = drop_path_rates(drop_path_rate, sum(depths))
         stages = []
         reduction = 4
         for stage_index, (width, types, ratio) in enumerate(zip(cfg.widths, cfg.block_types, cfg.bottle_ratios)):
@@ -281,7 +308,7 @@ class HaloNet(nn.Module):
                 blocks.append(block)
                 prev_chs = width
             reduction *= 2 if stage_index > 0 else 1
-            stages.append(nn.Sequential(*blocks))
+            stages.append(HaloNetStage(*blocks))
             if stage_index < len(cfg.widths) - 1:
                 self.feature_info.append(dict(num_chs=width, reduction=reduction, module=f"stages.{stage_index}"))
         self.stages = nn.Sequential(*stages)
@@ -320,31 +347,8 @@ class HaloNet(nn.Module):
             blocks=[(r"^stages\.(\d+)" if coarse else r"^stages\.(\d+)\.(\d+)", None), (r"^final_conv", (99999,))],
         )
 
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def no_weight_decay(self) -> set[str]:
-        return set()
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head.fc
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        self.num_classes = num_classes
-        self.head.reset(num_classes, global_pool)
-
-    def _check_input(self, x: torch.Tensor) -> None:
-        check_image_input(x, self.in_chans, NETWORK_STRIDE, model_name=type(self).__name__)
-        height, width = x.shape[-2:]
-        if height % NETWORK_STRIDE or width % NETWORK_STRIDE:
-            raise ValueError(
-                f"HaloNet needs input sides that are multiples of {NETWORK_STRIDE}, got {height}x{width}; "
-                f"resize or pad to e.g. {-(-height // NETWORK_STRIDE) * NETWORK_STRIDE}x"
-                f"{-(-width // NETWORK_STRIDE) * NETWORK_STRIDE}"
-            )
+    def forward_neck(self, x: torch.Tensor) -> torch.Tensor:
+        return self.final_conv(x)
 
     def forward_intermediates(
         self,
@@ -355,64 +359,42 @@ class HaloNet(nn.Module):
         output_fmt: str = "NCHW",
         intermediates_only: bool = False,
     ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
-        """Feature maps at strides 2, 4, 8, 16, 32 (the last after ``final_conv``); no norm layer to apply."""
-        check_nchw_only(output_fmt, "HaloNet")
-        self._check_input(x)
+        """Feature maps at strides 2, 4, 8, 16, 32 (the last after ``final_conv``); no norm layer to apply.
+
+        Feature 0 is tapped inside the stem; feature i > 0 is stage i - 1's output."""
+        check_nchw_only(output_fmt, self.model_name)
+        self.check_input(x)
         take_indices, max_index = feature_take_indices(len(self.feature_info), indices)
         intermediates = []
         for index, layer in enumerate(self.stem):
             x = layer(x)
             if index == self._stem_tap_index and 0 in take_indices:
                 intermediates.append(x)
-        stages = self.stages[:max_index] if stop_early else self.stages
-        for stage_index, stage in enumerate(stages, start=1):
-            if self.grad_checkpointing and not torch.jit.is_scripting():
-                x = checkpoint_seq(stage, x)
-            else:
-                x = stage(x)
-            if stage_index == len(self.stages):
-                x = self.final_conv(x)
-            if stage_index in take_indices:
+        stages = self.stages[:max_index] if stop_early or intermediates_only else self.stages
+        for index, stage in enumerate(stages, start=1):
+            x = stage(x)
+            if index == len(self.stages):
+                x = self.forward_neck(x)
+            if index in take_indices:
                 intermediates.append(x)
-        if intermediates_only:
-            return intermediates
-        return x, intermediates
+        return intermediates if intermediates_only else (x, intermediates)
 
     def prune_intermediate_layers(
         self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
     ) -> list[int]:
         take_indices, max_index = feature_take_indices(len(self.feature_info), indices)
         self.stages = self.stages[:max_index]
-        if max_index < len(self.feature_info) - 1:
-            self.final_conv = nn.Identity()
-            self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
         if max_index == 0:
             for name in list(self.stem._modules)[self._stem_tap_index + 1:]:
                 setattr(self.stem, name, nn.Identity())
-        if prune_head or max_index < len(self.feature_info) - 1:
-            self.head = ClassifierHead(self.num_features, 0, pool_type="", **_device_dtype(self))
-            self.num_classes = 0
+        if max_index < len(self.feature_info) - 1:
+            # final_conv and the head are sized for the last stage, which is gone.
+            self.final_conv = nn.Identity()
+            self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
+            prune_head = True
+        if prune_head:
+            self.reset_classifier(0, "")
         return take_indices
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        self._check_input(x)
-        x = self.stem(x)
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            x = checkpoint_seq(self.stages, x)
-        else:
-            x = self.stages(x)
-        return self.final_conv(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        return self.head(x, pre_logits=pre_logits)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-
-def _device_dtype(model: nn.Module) -> dict:
-    parameter = next(model.parameters())
-    return dict(device=parameter.device, dtype=parameter.dtype)
 
 
 def checkpoint_filter_fn(state_dict: dict, model: HaloNet) -> dict:

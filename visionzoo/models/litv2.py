@@ -20,17 +20,15 @@ import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
-from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 from torch import nn
 
-from visionzoo.layers.checks import check_image_input
-from visionzoo.layers.stages import check_nchw_only, prune_stages, run_stages, set_stage_checkpointing
 from visionzoo.layers.deform_conv import DeformConv2d
-from visionzoo.layers.drop import DropPath
+from visionzoo.layers.drop import DropPath, drop_path_rates
 from visionzoo.layers.dwconv_mlp import DwConvMlp
 from visionzoo.layers.hilo import HiLoAttention
 from visionzoo.layers.patch_embed import PatchEmbed
+from visionzoo.models._base import Backbone
 from visionzoo.models._checkpoint import _unwrap
 
 __all__ = ["LITv2", "checkpoint_filter_fn"]
@@ -144,8 +142,10 @@ class LitStage(nn.Module):
         return self.blocks(x)
 
 
-class LITv2(nn.Module):
+class LITv2(Backbone):
     """LITv2 image classifier and feature pyramid (strides 4, 8, 16, 32) at any input size ≥ 29 pixels."""
+
+    model_name = "LITv2"
 
     def __init__(
         self,
@@ -165,22 +165,16 @@ class LITv2(nn.Module):
         device=None,
         dtype=None,
     ):
-        super().__init__()
-        if global_pool not in ("avg", ""):
-            raise ValueError(f"global_pool must be 'avg' or '' (no pooling), got {global_pool!r}")
+        super().__init__(in_chans, num_classes, min_input_size=MIN_INPUT_SIZE)
         if not len(depths) == len(num_heads) == len(window_sizes) == len(attention_stages):
             raise ValueError("depths, num_heads, window_sizes and attention_stages need one entry per stage")
-        self.in_chans = in_chans
-        self.num_classes = num_classes
-        self.global_pool = global_pool
-        self.grad_checkpointing = False
         widths = [embed_dim * 2**index for index in range(len(depths))]
         self.num_features = self.head_hidden_size = widths[-1]
 
         self.patch_embed = PatchEmbed(
             in_chans, embed_dim, PATCH_SIZE, norm_layer=nn.LayerNorm, device=device, dtype=dtype
         )
-        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        rates = drop_path_rates(drop_path_rate, sum(depths))
         stages, self.feature_info, in_dim = [], [], embed_dim
         for index, width in enumerate(widths):
             stages.append(
@@ -194,28 +188,14 @@ class LITv2(nn.Module):
             in_dim = width
         self.stages = nn.Sequential(*stages)
         self.norm = nn.LayerNorm(self.num_features, device=device, dtype=dtype)
-        self.head_drop = nn.Dropout(drop_rate)
-        self.head = self._make_head(num_classes, device, dtype)
+        self._init_pooled_head(num_classes, global_pool, drop_rate, device=device, dtype=dtype)
         self._init_linears()
-
-    def _make_head(self, num_classes: int, device=None, dtype=None) -> nn.Module:
-        if num_classes <= 0:
-            return nn.Identity()
-        head = nn.Linear(self.num_features, num_classes, device=device, dtype=dtype)
-        trunc_normal_(head.weight, std=0.02)
-        nn.init.zeros_(head.bias)
-        return head
 
     def _init_linears(self) -> None:
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 trunc_normal_(module.weight, std=0.02)
                 nn.init.zeros_(module.bias)
-
-    @torch.jit.ignore
-    def no_weight_decay(self) -> set[str]:
-        # Norm weights and biases (1-D) are excluded by the optimizer factory; nothing else is special.
-        return set()
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict:
@@ -229,82 +209,20 @@ class LITv2(nn.Module):
             ],
         )
 
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        set_stage_checkpointing(self, enable)
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        if global_pool is not None:
-            if global_pool not in ("avg", ""):
-                raise ValueError(f"global_pool must be 'avg' or '' (no pooling), got {global_pool!r}")
-            self.global_pool = global_pool
-        self.num_classes = num_classes
-        reference = self.patch_embed.proj.weight
-        self.head = self._make_head(num_classes, device=reference.device, dtype=reference.dtype)
-
-    def _embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Check the input, pad it to a multiple of the patch size, patchify to a (B, H/4, W/4, C) map."""
-        check_image_input(x, self.in_chans, min_size=MIN_INPUT_SIZE, model_name="LITv2")
+    def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
+        """Pad the input to a multiple of the patch size, patchify to a (B, H/4, W/4, C) map."""
         height, width = x.shape[-2:]
         x = F.pad(x, (0, (-width) % PATCH_SIZE, 0, (-height) % PATCH_SIZE))
         return self.patch_embed(x).permute(0, 2, 3, 1)
 
-    def forward_intermediates(
-        self,
-        x: torch.Tensor,
-        indices: int | Sequence[int] | None = None,
-        norm: bool = False,
-        stop_early: bool = False,
-        output_fmt: str = "NCHW",
-        intermediates_only: bool = False,
-    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
-        """Per-stage NCHW maps (``norm`` applies the final LayerNorm to the last stage's map)."""
-        check_nchw_only(output_fmt, "LITv2")
-        last_index = len(self.stages) - 1
+    def stage_feature(self, x: torch.Tensor) -> torch.Tensor:
+        return x.permute(0, 3, 1, 2)
 
-        def keep(index: int, feature: torch.Tensor) -> torch.Tensor:
-            return (self.norm(feature) if norm and index == last_index else feature).permute(0, 3, 1, 2)
-
-        x, intermediates = run_stages(self.stages, self._embed(x), indices, stop_early, keep=keep)
-        if intermediates_only:
-            return intermediates
-        if not stop_early or feature_take_indices(len(self.stages), indices)[1] == last_index:
-            x = self.norm(x)  # the final norm belongs to the last stage's output only
-        return x.permute(0, 3, 1, 2), intermediates
-
-    def prune_intermediate_layers(
-        self, indices: int | Sequence[int] = 1, prune_norm: bool = False, prune_head: bool = True
-    ) -> list[int]:
-        """Drop the stages after the last of ``indices`` (and the final norm / head if asked)."""
-        take_indices, _ = prune_stages(self, indices)
-        if prune_norm:
-            self.norm = nn.Identity()
-        if prune_head:
-            self.reset_classifier(0, "")
-        return take_indices
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """The normalised stage-4 map, (B, C, H/32, W/32)."""
-        x = self._embed(x)
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            x = checkpoint_seq(self.stages, x)
-        else:
-            x = self.stages(x)
+    def forward_neck(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(x).permute(0, 3, 1, 2)
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        if self.global_pool == "avg":
-            x = self.head_drop(x.mean(dim=(2, 3)))
-            return x if pre_logits else self.head(x)
-        x = self.head_drop(x)
-        return x if pre_logits else self.head(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
+    def prune_neck(self) -> None:
+        self.norm = nn.Identity()
 
 
 _OFFICIAL_RENAMES = (

@@ -15,24 +15,35 @@ from collections import OrderedDict
 from typing import Any, Sequence
 
 import torch
-import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import SelectAdaptivePool2d, SqueezeExcite
+from timm.layers import SqueezeExcite
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 from torch import nn
 
 from visionzoo.layers.attention import SingleHeadSelfAttention
-from visionzoo.layers.checks import check_image_input
-from visionzoo.layers.stages import check_nchw_only, prune_stages, run_stages, set_stage_checkpointing
 from visionzoo.layers.conv_bn import ConvNorm, NormLinear
+from visionzoo.layers.drop import drop_path_rates
 from visionzoo.layers.mlp import ConvNormFfn
 from visionzoo.layers.patch_embed import ConvStem
 from visionzoo.layers.residual import Residual
+from visionzoo.models._base import Backbone
 from visionzoo.models._checkpoint import _unwrap
 
 __all__ = ["Shvit", "checkpoint_filter_fn"]
 
 STEM_STRIDE = 16
+
+
+def _channels_last_for_cpu_inference(x: torch.Tensor, training: bool) -> torch.Tensor:
+    """oneDNN's convolutions, nearly all of SHViT's CPU time, run faster on NHWC maps; every layer keeps the
+    format, so converting the input once suffices. Compilers and exporters choose layouts themselves."""
+    if training or x.device.type != "cpu" or torch.compiler.is_compiling():
+        return x
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+# A device switch, which a symbolic trace cannot follow: traced graphs call it as one node.
+torch.fx.wrap("_channels_last_for_cpu_inference")
 
 
 def _depthwise_residual(dim: int, bn_weight_init: float, drop_path: float, dd: dict) -> Residual:
@@ -122,8 +133,11 @@ class ShvitStage(nn.Module):
         return self.blocks(x)
 
 
-class Shvit(nn.Module):
+class Shvit(Backbone):
     """SHViT backbone and classifier (global pool → BatchNorm1d → Linear)."""
+
+    model_name = "SHViT"
+    global_pools = ("avg", "max", "avgmax", "")
 
     def __init__(
         self,
@@ -140,7 +154,7 @@ class Shvit(nn.Module):
         device=None,
         dtype=None,
     ):
-        super().__init__()
+        super().__init__(in_chans, num_classes, min_input_size=STEM_STRIDE)
         if not len(embed_dims) == len(depths) == len(partial_dims) == len(use_attention):
             raise ValueError(
                 f"embed_dims, depths, partial_dims and use_attention need one entry per stage, got lengths "
@@ -151,15 +165,11 @@ class Shvit(nn.Module):
                 f"embed_dims[0] must be divisible by 8 (the stem widths are C/8, C/4, C/2, C), got {embed_dims[0]}"
             )
         dd = dict(device=device, dtype=dtype)
-        self.in_chans = in_chans
-        self.num_classes = num_classes
-        self.drop_rate = drop_rate
-        self.grad_checkpointing = False
 
         first = embed_dims[0]
         self.stem = ConvStem(in_chans, [first // 8, first // 4, first // 2, first], **dd)
         # Stochastic depth grows linearly over the blocks (not the transitions); the paper trains with none.
-        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        rates = drop_path_rates(drop_path_rate, sum(depths))
         stages, self.feature_info, prev, start = [], [], first, 0
         for index, (dim, depth) in enumerate(zip(embed_dims, depths)):
             stages.append(ShvitStage(
@@ -170,95 +180,21 @@ class Shvit(nn.Module):
         self.stages = nn.Sequential(*stages)
 
         self.num_features = self.head_hidden_size = prev
-        self._build_head(num_classes, global_pool, dd)
+        self._init_pooled_head(num_classes, global_pool, drop_rate, **dd)
 
-    def _build_head(self, num_classes: int, global_pool: str, dd: dict) -> None:
-        pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
-        if pool.feat_mult() != 1:
-            raise ValueError(
-                f"global_pool={global_pool!r} changes the pooled width, which the BatchNorm head cannot take; "
-                f"use 'avg', 'max', 'avgmax' or ''"
-            )
-        self.global_pool = pool
-        self.head = NormLinear(self.head_hidden_size, num_classes, **dd) if num_classes > 0 else nn.Identity()
-
-    @torch.jit.ignore
-    def no_weight_decay(self) -> set[str]:
-        return set()
-
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
-        return dict(
-            stem=r"^stem",
-            blocks=r"^stages\.(\d+)" if coarse else [
-                (r"^stages\.(\d+)\.downsample", (0,)),
-                (r"^stages\.(\d+)\.blocks\.(\d+)", None),
-            ],
-        )
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        set_stage_checkpointing(self, enable)
+    def _make_classifier(self, num_classes: int, device=None, dtype=None) -> nn.Module:
+        if num_classes <= 0:
+            return nn.Identity()
+        return NormLinear(self.head_hidden_size, num_classes, device=device, dtype=dtype)
 
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
         # The deploy form (fuse_model) replaces the NormLinear head with the folded Linear.
         return self.head.linear if isinstance(self.head, NormLinear) else self.head
 
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        self.num_classes = num_classes
-        if global_pool is None:
-            global_pool = self.global_pool.pool_type
-        reference = next(self.parameters())
-        self._build_head(num_classes, global_pool, dict(device=reference.device, dtype=reference.dtype))
-        self.global_pool.train(self.training)
-        self.head.train(self.training)
-
-    def forward_intermediates(
-        self,
-        x: torch.Tensor,
-        indices: int | Sequence[int] | None = None,
-        norm: bool = False,
-        stop_early: bool = False,
-        output_fmt: str = "NCHW",
-        intermediates_only: bool = False,
-    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
-        """Stage outputs (NCHW) at strides 16/32/64. The network has no final norm, so ``norm`` changes nothing."""
-        check_nchw_only(output_fmt, "SHViT")
-        check_image_input(x, self.in_chans, STEM_STRIDE, "SHViT")
-        x, intermediates = run_stages(self.stages, self.stem(x), indices, stop_early)
-        return intermediates if intermediates_only else (x, intermediates)
-
-    def prune_intermediate_layers(
-        self,
-        indices: int | Sequence[int] = 1,
-        prune_norm: bool = False,
-        prune_head: bool = True,
-    ) -> list[int]:
-        """Drop the stages after the last requested feature (and the head, which no longer fits them)."""
-        take_indices, max_index = prune_stages(self, indices)
-        pruned_end = max_index < len(self.feature_info) - 1
-        if pruned_end:
-            self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
-        if prune_head or pruned_end:
-            self.reset_classifier(0, "")
-        return take_indices
-
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        check_image_input(x, self.in_chans, STEM_STRIDE, "SHViT")
-        if not self.training and x.device.type == "cpu" and not torch.compiler.is_compiling():
-            # oneDNN's convolutions, nearly all of SHViT's CPU time, run faster on NHWC maps; every layer keeps
-            # the format, so converting the input once suffices. Compilers and exporters choose layouts themselves.
-            x = x.contiguous(memory_format=torch.channels_last)
-        return self.stages(self.stem(x))
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.global_pool(x)
-        x = F.dropout(x, p=self.drop_rate, training=self.training)
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
+        self.check_input(x)
+        return self.stages(self.stem(_channels_last_for_cpu_inference(x, self.training)))
 
 
 def _official_to_timm(key: str) -> str:

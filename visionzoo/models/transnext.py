@@ -21,15 +21,13 @@ from timm.models._manipulate import checkpoint_seq
 from torch import nn
 
 from visionzoo.layers.aggregated_attention import AggregatedAttention, LengthScaledCosineAttention
-from visionzoo.layers.checks import check_image_input
-from visionzoo.layers.stages import check_nchw_only, prune_stages, run_stages
 from visionzoo.layers.conv_glu import ConvGlu
-from visionzoo.layers.drop import DropPath
+from visionzoo.layers.drop import DropPath, drop_path_rates
+from visionzoo.models._base import Backbone
 from visionzoo.models._checkpoint import _unwrap as unwrap_state_dict
 
 __all__ = ["TransNeXt", "checkpoint_filter_fn"]
 
-GLOBAL_POOLS = ("avg", "")
 # Buffers the official code stores for one fixed input size; the zoo recomputes them per forward.
 OFFICIAL_SIZE_BUFFERS = ("relative_pos_index", "relative_coords_table", "seq_length_scale", "padding_mask")
 
@@ -128,13 +126,15 @@ class TransNeXtStage(nn.Module):
         return self.norm(x).permute(0, 3, 1, 2)
 
 
-class TransNeXt(nn.Module):
+class TransNeXt(Backbone):
     """TransNeXt classifier/backbone (arXiv 2311.17132).
 
     ``pretrain_size`` is the training resolution that normalises the continuous-position-bias offsets (keep
     the checkpoint's value when running at another size); ``fixed_pool_size`` fixes the pooled grid of the
     aggregated-attention stages to P×P (the paper's linear-complexity inference mode) instead of H/sr × W/sr.
     """
+
+    model_name = "TransNeXt"
 
     def __init__(
         self,
@@ -154,23 +154,15 @@ class TransNeXt(nn.Module):
         device=None,
         dtype=None,
     ):
-        super().__init__()
+        super().__init__(in_chans, num_classes)
         lengths = {len(embed_dims), len(num_heads), len(depths), len(mlp_ratios), len(sr_ratios)}
         if len(lengths) != 1:
             raise ValueError("embed_dims, num_heads, depths, mlp_ratios and sr_ratios need one entry per stage")
-        if global_pool not in GLOBAL_POOLS:
-            raise ValueError(f"global_pool must be one of {GLOBAL_POOLS}, got {global_pool!r}")
         factory = dict(device=device, dtype=dtype)
-        self.in_chans = in_chans
-        self.num_classes = num_classes
-        self.global_pool = global_pool
         self.num_features = self.head_hidden_size = embed_dims[-1]
-        self.grad_checkpointing = False
 
-        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        rates = drop_path_rates(drop_path_rate, sum(depths))
         stages, self.feature_info = [], []
-        # The smallest input whose every stage still pools to at least one token.
-        self.min_input_size = 1
         prev_chs = in_chans
         for index, depth in enumerate(depths):
             reduction = 2 ** (index + 2)
@@ -182,12 +174,12 @@ class TransNeXt(nn.Module):
                 drop_path_rates=rates[sum(depths[:index]):sum(depths[:index + 1])], **factory,
             ))
             self.feature_info.append(dict(num_chs=embed_dims[index], reduction=reduction, module=f"stages.{index}"))
+            # The smallest input whose every stage still pools to at least one token.
             pooled_side = fixed_pool_size if fixed_pool_size and sr_ratios[index] > 1 else sr_ratios[index]
             self.min_input_size = max(self.min_input_size, reduction * pooled_side)
             prev_chs = embed_dims[index]
         self.stages = nn.Sequential(*stages)
-        self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(self.num_features, num_classes, **factory) if num_classes > 0 else nn.Identity()
+        self._init_pooled_head(num_classes, global_pool, drop_rate, **factory)
         self.apply(self._init_weights)
 
     @staticmethod
@@ -217,67 +209,8 @@ class TransNeXt(nn.Module):
             ],
         )
 
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-        for stage in self.stages:
-            stage.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        if global_pool is not None:
-            if global_pool not in GLOBAL_POOLS:
-                raise ValueError(f"global_pool must be one of {GLOBAL_POOLS}, got {global_pool!r}")
-            self.global_pool = global_pool
-        self.num_classes = num_classes
-        weight = next(self.parameters())
-        self.head = (
-            nn.Linear(self.num_features, num_classes, device=weight.device, dtype=weight.dtype)
-            if num_classes > 0 else nn.Identity()
-        )
-
-    def _check_input(self, x: torch.Tensor) -> None:
-        check_image_input(x, self.in_chans, min_size=self.min_input_size, model_name=type(self).__name__)
-
-    def forward_intermediates(
-        self,
-        x: torch.Tensor,
-        indices: int | list[int] | None = None,
-        norm: bool = False,
-        stop_early: bool = False,
-        output_fmt: str = "NCHW",
-        intermediates_only: bool = False,
-    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
-        """Stage outputs (each already through its stage LayerNorm, so ``norm`` changes nothing)."""
-        check_nchw_only(output_fmt, "TransNeXt")
-        self._check_input(x)
-        x, intermediates = run_stages(self.stages, x, indices, stop_early)
-        return intermediates if intermediates_only else (x, intermediates)
-
-    def prune_intermediate_layers(
-        self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
-    ) -> list[int]:
-        """Drop the stages after the last wanted intermediate (stage norms stay: they make the outputs)."""
-        take_indices, _ = prune_stages(self, indices)
-        if prune_head:
-            self.reset_classifier(0, "")
-        return take_indices
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        self._check_input(x)
-        return self.stages(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        if self.global_pool == "avg":
-            x = x.mean(dim=(2, 3))
-        x = self.head_drop(x)
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
+    def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
+        return x  # each stage opens with its own patch embedding
 
 
 def _official_key(key: str) -> str:
