@@ -149,12 +149,16 @@ def build_parser() -> argparse.ArgumentParser:
     from visionzoo.engine.evaluate import add_eval_parser, run_eval
     from visionzoo.export.cli import add_export_parser
     from visionzoo.engine.train import add_train_parser, run_train
+    from visionzoo.engine.validate import add_validate_parser, run_validate
+    from visionzoo.engine.weights import add_weights_parser, run_weights
 
     add_train_parser(subparsers).set_defaults(func=run_train)
     add_eval_parser(subparsers).set_defaults(func=run_eval)
     add_data_parser(subparsers).set_defaults(func=run_data)
     add_bench_parser(subparsers).set_defaults(func=run_bench)
     add_export_parser(subparsers)
+    add_weights_parser(subparsers).set_defaults(func=run_weights)
+    add_validate_parser(subparsers).set_defaults(func=run_validate)
     return parser
 
 
