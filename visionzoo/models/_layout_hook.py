@@ -3,8 +3,8 @@
 timm users load files two more ways than ``visionzoo.create_model(..., checkpoint_path=FILE)``:
 ``timm.create_model(name, checkpoint_path=FILE)`` and ``model.load_state_dict(torch.load(FILE))``. Both end in
 ``model.load_state_dict``, so the zoo model converts there: when the offered keys are not a subset of its own,
-the hook runs the family's ``checkpoint_filter_fn`` and keeps the result if it fits the model better. When no
-conversion fits, the error torch raises gains a line saying which layout the converter expected to see.
+the hook runs the family's ``checkpoint_filter_fn`` and keeps the result if it fits the model better. When not
+one tensor fits, even after conversion, the error torch raises says so and which layouts the converter reads.
 """
 from __future__ import annotations
 
@@ -27,23 +27,25 @@ def convert_foreign_layout(
     from visionzoo.models._registry import family_of
 
     family = family_of(module)
+    fitting = _matches(state_dict, own)
     try:
         converted = family.checkpoint_filter_fn(dict(state_dict), module)
     except (KeyError, ValueError, RuntimeError, IndexError) as error:
+        reason = f"; its converter could not read the file ({error})"
+    else:
+        if _matches(converted, own) > fitting:
+            state_dict.clear()
+            state_dict.update(converted)
+            return
+        reason = ""
+    # Torch only sees strict=True here, whatever the caller asked for; so speak only when not one tensor would
+    # load, which no strict=False load means to do either, and otherwise leave torch's own report alone.
+    if fitting == 0:
         error_msgs.append(
-            f"the checkpoint is not in the {family.name} layout of visionzoo (e.g. keys {foreign[:3]}), and the "
-            f"{family.name} converter for timm's and the official layouts could not read it ({error})"
+            f"no tensor of this file fits {type(module).__name__}: keys such as {foreign[:3]} belong to none of the "
+            f"layouts the {family.name} converter reads (visionzoo's, timm's, the official release's){reason}. "
+            f"Is the file for another model or variant? visionzoo.load_checkpoint(model, FILE) lists every mismatch"
         )
-        return
-    if _matches(converted, own) > _matches(state_dict, own):
-        state_dict.clear()
-        state_dict.update(converted)
-        return
-    error_msgs.append(
-        f"keys such as {foreign[:3]} belong to none of the layouts the {family.name} converter reads (visionzoo's, "
-        f"timm's, the official release's): is the file for another model or variant? "
-        f"visionzoo.load_checkpoint(model, FILE) lists every mismatch"
-    )
 
 
 def attach_layout_hook(model: nn.Module) -> nn.Module:

@@ -15,6 +15,7 @@ import functools
 import os
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -207,9 +208,11 @@ def import_weights(name: str, file: str | Path) -> Path:
     variant = source.name.split(".")[0]
     try:
         state_dict = load_state_dict(file)
-        with torch.device("meta"):
-            model = timm.create_model(variant, pretrained_cfg=source.name.split(".")[1])
-        load_checkpoint(model, state_dict, filter_fn=family_of(variant).checkpoint_filter_fn)
+        # Shapes are all the check needs: a model on the meta device costs no memory, whatever its size.
+        model = timm.create_model(variant, pretrained_cfg=source.name.split(".")[1], device="meta")
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*copying from a non-meta parameter", category=UserWarning)
+            load_checkpoint(model, state_dict, filter_fn=family_of(variant).checkpoint_filter_fn)
     except CheckpointError as error:
         raise PretrainedWeightsError(f"refused {file} for {source.name}; nothing was cached. {error}") from None
     target = source._cache_path(_target_name(source, file))
