@@ -132,3 +132,18 @@ def test_plain_load_state_dict_of_another_family_says_what_it_found():
     extra = {**model.state_dict(), "unrelated.weight": torch.zeros(1)}
     result = model.load_state_dict(extra, strict=False)
     assert result.unexpected_keys == ["unrelated.weight"] and not result.missing_keys
+
+
+def test_readme_weights_column_comes_from_the_cards(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- zoo:start -->\n<!-- zoo:end -->\n")
+    assert main(["list", "vz_litv2_base", "--details", "--readme", str(readme)]) == 0
+    row = next(line for line in readme.read_text().splitlines() if line.startswith("| vz_litv2_base "))
+    assert row.endswith("| `in1k`, `in1k_384` (authors, GitHub release) |")
+    # The checked-in table was generated from the cards as they are now.
+    from visionzoo.models._pretrained import weights_summary
+
+    text = (Path(__file__).parents[1] / "README.md").read_text()
+    table = text[text.index("<!-- zoo:start -->"):text.index("<!-- zoo:end -->")]
+    rows = [line.split(" | ") for line in table.splitlines() if line.startswith("| vz_")]
+    assert rows and all(cells[-1].rstrip(" |") == weights_summary(cells[0][2:]) for cells in rows)

@@ -271,3 +271,26 @@ def with_weights_help(entrypoint: Callable[..., nn.Module], variant: str) -> Cal
         return attach_layout_hook(model)
 
     return create
+
+
+SOURCE_LABELS = {"timm": "timm hub", "official": "authors"}
+
+
+def weights_summary(variant: str) -> str:
+    """One line for tables: the published tags of ``variant`` and where they come from, or ``none``."""
+    for card in load_cards().values():
+        entry = card["variants"].get(variant)
+        if entry is None:
+            continue
+        weights = entry.get("weights") or []
+        if not weights:
+            return "none"
+        hosts = []
+        for item in weights:
+            host = SOURCE_LABELS[item["source"]]
+            if item["source"] == "official":
+                host += ", HF hub" if item.get("hf_hub_id") else ", GitHub release"
+            hosts.append(host)
+        tags = ", ".join(f"`{item['tag']}`" for item in weights)
+        return f"{tags} ({' / '.join(dict.fromkeys(hosts))})"
+    return "-"
