@@ -147,3 +147,17 @@ def test_readme_weights_column_comes_from_the_cards(tmp_path):
     table = text[text.index("<!-- zoo:start -->"):text.index("<!-- zoo:end -->")]
     rows = [line.split(" | ") for line in table.splitlines() if line.startswith("| vz_")]
     assert rows and all(cells[-1].rstrip(" |") == weights_summary(cells[0][2:]) for cells in rows)
+
+
+def test_official_layout_is_not_filed_under_timms_hub_id(offline):
+    """timm's own shvit_s1 reads the same cache entry, so only timm's layout may go there."""
+    official = {}
+    for line in (Path(__file__).parent / "data" / "keys" / "shvit_s1.tsv").read_text().splitlines():
+        key, shape = line.split("\t")
+        official[key] = torch.ones([int(dim) for dim in shape.split(",")] if shape else [])
+    path = offline / "shvit_s1.pth"
+    torch.save({"model": official}, path)
+    with pytest.raises(PretrainedWeightsError, match="not in the layout of timm's shvit_s1") as error:
+        import_weights("vz_shvit_s1", path)
+    assert "visionzoo.create_model('vz_shvit_s1', checkpoint_path=FILE)" in str(error.value)
+    assert not (offline / "hf").exists()

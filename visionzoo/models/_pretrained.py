@@ -113,12 +113,14 @@ class WeightSource:
     def cached_file(self) -> Path | None:
         """The cached file ``pretrained=True`` would load, or ``None``."""
         for name in self.files:
-            path = self._cache_path(name, existing_only=True)
+            path = self.cache_path(name, existing_only=True)
             if path is not None and path.is_file():
                 return path
         return None
 
-    def _cache_path(self, file_name: str, existing_only: bool = False) -> Path | None:
+    def cache_path(self, file_name: str, existing_only: bool = False) -> Path | None:
+        """Where timm's loader looks for ``file_name`` (``None`` if ``existing_only`` and the hub cache has never
+        seen the repository)."""
         if self.url:
             return Path(torch.hub.get_dir()) / "checkpoints" / file_name
         repo = hf_repo_dir(self.hf_hub_id)
@@ -215,7 +217,9 @@ def import_weights(name: str, file: str | Path) -> Path:
             load_checkpoint(model, state_dict, filter_fn=family_of(variant).checkpoint_filter_fn)
     except CheckpointError as error:
         raise PretrainedWeightsError(f"refused {file} for {source.name}; nothing was cached. {error}") from None
-    target = source._cache_path(_target_name(source, file))
+    if source.source == "timm":
+        _check_timm_layout(source, file, state_dict)
+    target = source.cache_path(_target_name(source, file))
     target.parent.mkdir(parents=True, exist_ok=True)
     if source.hf_hub_id:
         ref = hf_repo_dir(source.hf_hub_id) / "refs" / "main"
@@ -232,6 +236,22 @@ def import_weights(name: str, file: str | Path) -> Path:
         if os.path.exists(partial):
             os.unlink(partial)
     return target
+
+
+def _check_timm_layout(source: WeightSource, file: Path, state_dict: dict) -> None:
+    """timm's own model reads the same hub cache, so a file filed under timm's hub id must be in timm's layout."""
+    import timm
+
+    timm_name = source.hf_hub_id.split("/", 1)[1].split(".")[0]
+    expected = set(timm.create_model(timm_name, device="meta").state_dict())
+    if set(state_dict) != expected:
+        strange = sorted(set(state_dict) - expected)[:3] or sorted(expected - set(state_dict))[:3]
+        raise PretrainedWeightsError(
+            f"refused {file} for {source.name}; nothing was cached. It fits {source.name.split('.')[0]} but is not "
+            f"in the layout of timm's {timm_name} (e.g. {strange}), which timm's own model reads from the same "
+            f"cache entry ({source.hf_hub_id}). Import the file from {source.location}, or load this one directly: "
+            f"visionzoo.create_model({source.name.split('.')[0]!r}, checkpoint_path=FILE)"
+        )
 
 
 def _target_name(source: WeightSource, file: Path) -> str:
