@@ -9,7 +9,7 @@ import torch
 from _weights_cache import (
     cache_timm_copy, hf_snapshot, offline, official_reference, official_state_dict, torch_hub_file,  # noqa: F401
 )
-from visionzoo.models._cards import load_cards
+from visionzoo.models._cards import CardError, load_cards
 from visionzoo.models._pretrained import PretrainedWeightsError, list_weight_sources, weight_source
 
 # (zoo model, timm model, timm tag, input size): timm's hub copies, the smallest of each family.
@@ -107,3 +107,32 @@ def test_384_fine_tunes_warp_to_the_square():
     assert timm.models.get_pretrained_cfg("vz_transnext_small.in1k_384").hf_hub_filename == (
         "transnext_small_384_1k_ft_1k.pth"
     )
+
+
+@pytest.mark.parametrize("entry, expected", [
+    ({"input_size": 224}, "has no 'weights' entry"),
+    ({"input_size": 224, "weights": []}, "no 'weights_note' saying why"),
+    ({"input_size": 224, "weights": [{"tag": "in1k", "top1": 1.0, "eval": {}}]}, "exactly one of hf_hub_id/url"),
+])
+def test_card_weights_entries_are_checked(monkeypatch, entry, expected):
+    from visionzoo.models import _pretrained
+
+    monkeypatch.setattr(_pretrained, "load_cards", lambda: {"toy": {"variants": {"vz_toy": entry}}})
+    with pytest.raises(CardError, match=expected):
+        _pretrained.pretrained_cfgs("toy", dict)
+
+
+def test_pretrained_cfgs_come_from_the_card(monkeypatch):
+    from visionzoo.models import _pretrained
+
+    entry = {"input_size": 224, "weights": [
+        {"tag": "a", "source": "official", "url": "https://example.org/a.pth", "license": "mit", "top1": 1.0,
+         "eval": {"input_size": 288, "crop_pct": 0.9, "interpolation": "bilinear"}},
+        {"tag": "b", "source": "timm", "hf_hub_id": "timm/toy.b", "license": "mit", "top1": 2.0, "eval": {}},
+    ]}
+    monkeypatch.setattr(_pretrained, "load_cards", lambda: {"toy": {"variants": {"vz_toy": entry}}})
+    cfgs = _pretrained.pretrained_cfgs("toy", dict)
+    assert list(cfgs) == ["vz_toy.a", "vz_toy.b"]
+    assert cfgs["vz_toy.a"] == dict(input_size=(3, 288, 288), license="mit", url="https://example.org/a.pth",
+                                    hf_hub_id=None, crop_pct=0.9, interpolation="bilinear")
+    assert cfgs["vz_toy.b"]["hf_hub_id"] == "timm/toy.b" and cfgs["vz_toy.b"]["input_size"] == (3, 224, 224)
