@@ -38,9 +38,10 @@ def cmd_list(args: argparse.Namespace) -> int:
         print("\n".join(names))
         return 0
     from visionzoo.bench.summary import measure
+    from visionzoo.models._pretrained import weights_summary
 
     header = ["model", "input", "params (M)", "paper (M)", "GMACs", "diff", "GMACs ref. ops", "diff",
-              "paper GMACs", "top-1"]
+              "paper GMACs", "top-1", "weights"]
     rows = []
     for name in names:
         facts = measure(name)
@@ -55,6 +56,7 @@ def cmd_list(args: argparse.Namespace) -> int:
             _percent(facts["reference_gmacs_vs_paper"]),
             _fmt(facts["paper_gmacs"], ".3f"),
             _fmt(facts["top1"], ".1f"),
+            weights_summary(name),
         ])
     if args.readme:
         _write_zoo_table(Path(args.readme), rows, header, args.pattern)
@@ -68,7 +70,8 @@ GMACS_NOTE = (
     "GMACs: multiply-accumulates of matmul, conv and attention counted by torch.utils.flop_counter at the card's "
     "input size (elementwise ops, norms, softmax and pooling are not counted), through the default fast path of "
     "each op and through its reference path (the readable spec; a fast path may trade MACs for speed); paper "
-    "figures from visionzoo/cards/*.yaml."
+    "figures from visionzoo/cards/*.yaml. weights: the published checkpoints (`pretrained=True` tags, the default "
+    "first) and their source, from the same cards; `visionzoo weights list` shows where each file lives."
 )
 ZOO_START, ZOO_END = "<!-- zoo:start -->", "<!-- zoo:end -->"
 
@@ -149,12 +152,16 @@ def build_parser() -> argparse.ArgumentParser:
     from visionzoo.engine.evaluate import add_eval_parser, run_eval
     from visionzoo.export.cli import add_export_parser
     from visionzoo.engine.train import add_train_parser, run_train
+    from visionzoo.engine.validate import add_validate_parser, run_validate
+    from visionzoo.engine.weights import add_weights_parser, run_weights
 
     add_train_parser(subparsers).set_defaults(func=run_train)
     add_eval_parser(subparsers).set_defaults(func=run_eval)
     add_data_parser(subparsers).set_defaults(func=run_data)
     add_bench_parser(subparsers).set_defaults(func=run_bench)
     add_export_parser(subparsers)
+    add_weights_parser(subparsers).set_defaults(func=run_weights)
+    add_validate_parser(subparsers).set_defaults(func=run_validate)
     return parser
 
 

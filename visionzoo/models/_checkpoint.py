@@ -59,7 +59,7 @@ def read_checkpoint(path: str | Path):
             f"when unpickled ({reason}). Nothing from the file was executed. "
             f"Re-save only the weights (torch.save(model.state_dict(), ...)) or convert the file to safetensors."
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as error:
+    except (RuntimeError, EOFError, OSError, ValueError, IndexError, KeyError, TypeError) as error:
         # torch follows the reason with paragraphs of advice; the reason is its first sentence.
         text = str(error).strip()
         first_line = text.splitlines()[0].split(". ")[0] if text else type(error).__name__

@@ -83,7 +83,21 @@ def register_family(family: Family) -> Family:
     if taken:
         raise ValueError(f"family {family.name!r}: classes {taken} already belong to another family")
     _FAMILIES[family.name] = family
+    _wrap_entrypoints(family)
     return family
+
+
+def _wrap_entrypoints(family: Family) -> None:
+    """Give every model the family registered in timm the zoo's weights help (see ``_pretrained``): the offline
+    message for ``pretrained=True`` and the foreign-layout conversion on ``load_state_dict``. Wrapping timm's
+    entrypoints reaches ``timm.create_model`` as well as ``visionzoo.create_model``."""
+    from timm.models import _registry as timm_registry
+
+    from visionzoo.models._pretrained import with_weights_help
+
+    for name, entrypoint in list(timm_registry._model_entrypoints.items()):
+        if entrypoint.__module__ == family.module and not hasattr(entrypoint, "__wrapped__"):
+            timm_registry._model_entrypoints[name] = with_weights_help(entrypoint, name)
 
 
 def unregister_family(name: str) -> Family:

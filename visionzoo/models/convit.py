@@ -290,9 +290,11 @@ def _create_convit(variant: str, pretrained: bool = False, **kwargs) -> ConVit:
     )
 
 
+from visionzoo.models._pretrained import pretrained_cfgs  # noqa: E402  (the cfg block reads the card)
+
+
 def _cfg(**kwargs) -> dict:
     return {
-        "url": "",
         "num_classes": 1000,
         "input_size": (3, 224, 224),
         "pool_size": None,
@@ -312,14 +314,8 @@ def _cfg(**kwargs) -> dict:
     }
 
 
-default_cfgs = generate_default_cfgs({
-    "vz_convit_tiny": _cfg(),
-    "vz_convit_small": _cfg(),
-    "vz_convit_base": _cfg(),
-    "vz_convit_tiny_plus": _cfg(),
-    "vz_convit_small_plus": _cfg(),
-    "vz_convit_base_plus": _cfg(),
-})
+# Tags, sources and eval settings come from the model card (visionzoo/cards/convit.yaml).
+default_cfgs = generate_default_cfgs(pretrained_cfgs("convit", _cfg))
 
 # 48 channels per head (64 in the "+" models, released without weights); the first 10 of 12 blocks use GPSA.
 MODEL_ARGS = {

@@ -253,9 +253,11 @@ def _create_davit(variant: str, pretrained: bool = False, **kwargs) -> DaViT:
     )
 
 
+from visionzoo.models._pretrained import pretrained_cfgs  # noqa: E402  (the cfg block reads the card)
+
+
 def _cfg(**kwargs) -> dict:
     return {
-        "url": "",
         "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": (7, 7),
         "crop_pct": 0.95, "interpolation": "bicubic",
         "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD,
@@ -266,14 +268,8 @@ def _cfg(**kwargs) -> dict:
     }
 
 
-default_cfgs = generate_default_cfgs({
-    "vz_davit_tiny": _cfg(),
-    "vz_davit_small": _cfg(),
-    "vz_davit_base": _cfg(),
-    "vz_davit_large": _cfg(),
-    "vz_davit_huge": _cfg(),
-    "vz_davit_giant": _cfg(),
-})
+# Tags, sources and eval settings come from the model card (visionzoo/cards/davit.yaml).
+default_cfgs = generate_default_cfgs(pretrained_cfgs("davit", _cfg))
 
 # widths, dual blocks per stage, heads (= channel groups; 32 channels each everywhere).
 _VARIANTS = {

@@ -460,13 +460,16 @@ MODEL_CFGS = {
 }
 
 
-def _cfg(input_size: int = 256, crop_pct: float = 0.95, **kwargs) -> dict:
+from visionzoo.models._pretrained import pretrained_cfgs  # noqa: E402  (the cfg block reads the card)
+
+
+def _cfg(input_size: tuple[int, int, int] = (3, 256, 256), **kwargs) -> dict:
     return {
         "num_classes": 1000,
-        "input_size": (3, input_size, input_size),
-        "pool_size": (input_size // 32, input_size // 32),
+        "input_size": input_size,
+        "pool_size": (input_size[1] // 32, input_size[2] // 32),
         "min_input_size": (3, 32, 32),
-        "crop_pct": crop_pct,
+        "crop_pct": 0.95,
         "interpolation": "bicubic",
         "mean": IMAGENET_DEFAULT_MEAN,
         "std": IMAGENET_DEFAULT_STD,
@@ -480,17 +483,8 @@ def _cfg(input_size: int = 256, crop_pct: float = 0.95, **kwargs) -> dict:
     }
 
 
-default_cfgs = generate_default_cfgs({
-    "vz_halonet26t.untrained": _cfg(),
-    "vz_sehalonet33ts.untrained": _cfg(crop_pct=0.94),
-    "vz_halonet50ts.untrained": _cfg(crop_pct=0.94),
-    "vz_eca_halonext26ts.untrained": _cfg(crop_pct=0.94),
-    "vz_halonet_h0.untrained": _cfg(),
-    "vz_halonet_h1.untrained": _cfg(),
-    "vz_halonet_h2.untrained": _cfg(),
-    "vz_halonet_h3.untrained": _cfg(320),
-    "vz_halonet_h4.untrained": _cfg(384),
-})
+# Tags, sources and eval settings come from the model card (visionzoo/cards/halonet.yaml).
+default_cfgs = generate_default_cfgs(pretrained_cfgs("halonet", _cfg))
 
 
 @register_model

@@ -249,12 +249,15 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: LITv2) -> d
     return converted
 
 
-def _cfg(**kwargs) -> dict:
+from visionzoo.models._pretrained import pretrained_cfgs  # noqa: E402  (the cfg block reads the card)
+
+
+def _cfg(input_size: tuple[int, int, int] = (3, 224, 224), **kwargs) -> dict:
     return {
         "num_classes": 1000,
-        "input_size": (3, 224, 224),
+        "input_size": input_size,
         "min_input_size": (3, MIN_INPUT_SIZE, MIN_INPUT_SIZE),
-        "pool_size": (7, 7),
+        "pool_size": (input_size[1] // 32, input_size[2] // 32),
         "crop_pct": 0.875,
         "crop_mode": "center",
         "interpolation": "bicubic",
@@ -270,13 +273,9 @@ def _cfg(**kwargs) -> dict:
     }
 
 
-default_cfgs = generate_default_cfgs({
-    "vz_litv2_small.in1k": _cfg(),
-    "vz_litv2_medium.in1k": _cfg(),
-    "vz_litv2_base.in1k": _cfg(),
-    # The 384 fine-tune is evaluated on a direct bicubic resize to 384×384 (no centre crop).
-    "vz_litv2_base.in1k_384": _cfg(input_size=(3, 384, 384), pool_size=(12, 12), crop_pct=1.0, crop_mode="squash"),
-})
+# Tags, sources and eval settings come from the model card (visionzoo/cards/litv2.yaml); the 384 fine-tune is
+# evaluated on a direct bicubic resize to 384×384 (no centre crop).
+default_cfgs = generate_default_cfgs(pretrained_cfgs("litv2", _cfg))
 
 
 def _create_litv2(variant: str, pretrained: bool = False, **kwargs) -> LITv2:

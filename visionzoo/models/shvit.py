@@ -237,6 +237,9 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) 
     return converted
 
 
+from visionzoo.models._pretrained import pretrained_cfgs  # noqa: E402  (the cfg block reads the card)
+
+
 def _cfg(**kwargs: Any) -> dict[str, Any]:
     return {
         "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": (4, 4), "min_input_size": (3, STEM_STRIDE, STEM_STRIDE),
@@ -251,12 +254,8 @@ def _cfg(**kwargs: Any) -> dict[str, Any]:
     }
 
 
-default_cfgs = generate_default_cfgs({
-    "vz_shvit_s1": _cfg(),
-    "vz_shvit_s2": _cfg(),
-    "vz_shvit_s3": _cfg(),
-    "vz_shvit_s4": _cfg(input_size=(3, 256, 256)),
-})
+# Tags, sources and eval settings come from the model card (visionzoo/cards/shvit.yaml).
+default_cfgs = generate_default_cfgs(pretrained_cfgs("shvit", _cfg))
 
 
 def _create_shvit(variant: str, pretrained: bool = False, **kwargs: Any) -> Shvit:

@@ -244,16 +244,18 @@ def _create_transnext(variant: str, pretrained: bool = False, **kwargs) -> Trans
     )
 
 
-def _cfg(input_size: int = 224, **kwargs) -> dict:
-    large = input_size >= 384
+from visionzoo.models._pretrained import pretrained_cfgs  # noqa: E402  (the cfg block reads the card)
+
+
+def _cfg(input_size: tuple[int, int, int] = (3, 224, 224), **kwargs) -> dict:
     return {
-        "url": "",
         "num_classes": 1000,
-        "input_size": (3, input_size, input_size),
-        "pool_size": (input_size // 32, input_size // 32),
-        # The official evaluation centre-crops 87.5 % below 384 and warps to the square at 384 and above.
-        "crop_pct": 1.0 if large else 0.875,
-        "crop_mode": "squash" if large else "center",
+        "input_size": input_size,
+        "pool_size": (input_size[1] // 32, input_size[2] // 32),
+        # The official evaluation centre-crops 87.5 % below 384 and warps to the square at 384 and above; the
+        # card's eval settings of each tag say which.
+        "crop_pct": 0.875,
+        "crop_mode": "center",
         "interpolation": "bicubic",
         "mean": IMAGENET_DEFAULT_MEAN,
         "std": IMAGENET_DEFAULT_STD,
@@ -267,15 +269,8 @@ def _cfg(input_size: int = 224, **kwargs) -> dict:
     }
 
 
-default_cfgs = generate_default_cfgs({
-    "vz_transnext_micro.in1k": _cfg(hf_hub_id=None),
-    "vz_transnext_tiny.in1k": _cfg(hf_hub_id=None),
-    "vz_transnext_small.in1k": _cfg(hf_hub_id=None),
-    "vz_transnext_small.in1k_384": _cfg(384, hf_hub_id=None),
-    "vz_transnext_base.in1k": _cfg(hf_hub_id=None),
-    "vz_transnext_base.in1k_384": _cfg(384, hf_hub_id=None),
-    "vz_transnext_micro_aaaa.in1k": _cfg(256, hf_hub_id=None),
-})
+# Tags, sources and eval settings come from the model card (visionzoo/cards/transnext.yaml).
+default_cfgs = generate_default_cfgs(pretrained_cfgs("transnext", _cfg))
 
 # embed_dims, num_heads, depths (head dim 24 throughout; mlp ratios 8, 8, 4, 4).
 _VARIANTS = {
