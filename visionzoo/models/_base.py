@@ -25,6 +25,7 @@ from torch import nn
 
 from visionzoo.layers.checks import check_image_input
 from visionzoo.layers.stages import check_nchw_only, prune_stages, run_stages, set_stage_checkpointing
+from visionzoo.models._layout_hook import convert_foreign_layout
 
 # The check reads Python values off the input, which a symbolic trace (torch.fx.symbolic_trace, torchvision's
 # create_feature_extractor, timm's FX features) cannot; wrapped, it runs as one call node in the traced graph.
@@ -60,6 +61,8 @@ class Backbone(nn.Module):
         self.min_input_size = min_input_size
         self.input_multiple = input_multiple
         self.grad_checkpointing = False
+        # timm's checkpoint_path= and a plain load_state_dict both end here: convert timm's and official layouts.
+        self.register_load_state_dict_pre_hook(convert_foreign_layout)
 
     def _init_pooled_head(
         self, num_classes: int, global_pool: str, drop_rate: float, device=None, dtype=None

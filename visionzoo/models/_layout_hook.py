@@ -24,9 +24,12 @@ def convert_foreign_layout(
     foreign = [key for key in state_dict if key not in own]
     if not foreign:
         return
-    from visionzoo.models._registry import family_of
+    from visionzoo.models._registry import UnknownFamilyError, family_of
 
-    family = family_of(module)
+    try:
+        family = family_of(module)
+    except UnknownFamilyError:
+        return  # a Backbone subclass no family declares (a test's toy model, a user's experiment): nothing to convert
     fitting = _matches(state_dict, own)
     try:
         converted = family.checkpoint_filter_fn(dict(state_dict), module)
@@ -46,15 +49,3 @@ def convert_foreign_layout(
             f"layouts the {family.name} converter reads (visionzoo's, timm's, the official release's){reason}. "
             f"Is the file for another model or variant? visionzoo.load_checkpoint(model, FILE) lists every mismatch"
         )
-
-
-def attach_layout_hook(model: nn.Module) -> nn.Module:
-    """Let ``model.load_state_dict`` convert foreign layouts; features-only wrappers and foreign classes pass."""
-    from visionzoo.models._registry import UnknownFamilyError, family_of
-
-    try:
-        family_of(model)
-    except UnknownFamilyError:
-        return model
-    model.register_load_state_dict_pre_hook(convert_foreign_layout)
-    return model

@@ -275,8 +275,7 @@ def _requested_source(variant: str, kwargs: dict[str, Any]) -> WeightSource | No
 
 def with_weights_help(entrypoint: Callable[..., nn.Module], variant: str) -> Callable[..., nn.Module]:
     """Wrap a model entrypoint so that ``pretrained=True`` without network or cache says what to fetch and how to
-    import it, and so that every model it builds recognises foreign checkpoint layouts on ``load_state_dict``."""
-    from visionzoo.models._layout_hook import attach_layout_hook
+    import it."""
 
     @functools.wraps(entrypoint)
     def create(pretrained: bool = False, **kwargs) -> nn.Module:
@@ -288,7 +287,7 @@ def with_weights_help(entrypoint: Callable[..., nn.Module], variant: str) -> Cal
                 raise
             reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise PretrainedWeightsError(source.unavailable_message(reason)) from error
-        return attach_layout_hook(model)
+        return model
 
     return create
 

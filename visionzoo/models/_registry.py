@@ -88,9 +88,8 @@ def register_family(family: Family) -> Family:
 
 
 def _wrap_entrypoints(family: Family) -> None:
-    """Give every model the family registered in timm the zoo's weights help (see ``_pretrained``): the offline
-    message for ``pretrained=True`` and the foreign-layout conversion on ``load_state_dict``. Wrapping timm's
-    entrypoints reaches ``timm.create_model`` as well as ``visionzoo.create_model``."""
+    """Give every model the family registered in timm the offline message for ``pretrained=True`` (see
+    ``_pretrained``). Wrapping timm's entrypoints reaches ``timm.create_model`` as well as ``visionzoo.create_model``."""
     from timm.models import _registry as timm_registry
 
     from visionzoo.models._pretrained import with_weights_help
