@@ -124,6 +124,15 @@ def test_plain_load_state_dict_converts_the_official_layout(tmp_path):
         torch.testing.assert_close(model(x), official_reference("vz_transnext_micro", official)(x), rtol=0, atol=0)
 
 
+def test_model_built_from_its_class_converts_timms_layout():
+    timm_model = timm.create_model("shvit_s1").eval()
+    model = type(timm.create_model("vz_shvit_s1"))().eval()  # the class itself, no entrypoint or factory involved
+    model.load_state_dict(timm_model.state_dict())
+    x = torch.randn(1, 3, 96, 96)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), timm_model(x), rtol=1e-4, atol=1e-4)
+
+
 def test_plain_load_state_dict_of_another_family_says_what_it_found():
     model = timm.create_model("vz_shvit_s1")
     with pytest.raises(RuntimeError, match="no tensor of this file fits Shvit: .*none of the layouts the shvit converter reads"):
