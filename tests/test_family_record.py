@@ -91,7 +91,7 @@ def test_family_records_reject_bad_declarations():
     shvit = family_of("vz_shvit_s1")
     with pytest.raises(ValueError, match="'shvit' is already registered"):
         register_family(Family("shvit", (nn.Linear,), shvit.checkpoint_filter_fn))
-    with pytest.raises(ValueError, match=r"classes \['Shvit'\] already belong to another family"):
+    with pytest.raises(ValueError, match=r"classes \['SHViT'\] already belong to another family"):
         register_family(Family("shvit_again", shvit.model_classes, shvit.checkpoint_filter_fn))
     with pytest.raises(UnknownFamilyError, match="no family 'never' is registered"):
         unregister_family("never")
