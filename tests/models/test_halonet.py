@@ -247,7 +247,7 @@ MANIFESTS = {
 @pytest.mark.parametrize("name", sorted(MANIFESTS))
 def test_timm_key_manifest_loads_without_missing_or_unexpected_keys(name):
     """The manifests list every key and shape of timm's released state dicts (specs/keys)."""
-    path = Path(__file__).parent / "data" / "halonet" / MANIFESTS[name]
+    path = Path(__file__).resolve().parents[1] / "data" / "halonet" / MANIFESTS[name]
     manifest = {}
     for line in path.read_text().splitlines():
         key, _, shape = line.partition("\t")
