@@ -26,8 +26,9 @@ from visionzoo.layers.mlp import Mlp
 from visionzoo.layers.patch_embed import PatchEmbed
 from visionzoo.layers.pos_embed import resample_grid_embed
 from visionzoo.models._base import Backbone
+from visionzoo.models._registry import Family, register_family
 
-__all__ = ["ConVit", "checkpoint_filter_fn"]
+__all__ = ["ConViT", "checkpoint_filter_fn"]
 
 def _init_linear_and_norm(module: nn.Module) -> None:
     if isinstance(module, nn.Linear):
@@ -39,7 +40,7 @@ def _init_linear_and_norm(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
-class ConVitBlock(nn.Module):
+class ConViTBlock(nn.Module):
     """Pre-norm transformer block whose attention is GPSA (patch tokens on a grid) or plain multi-head."""
 
     def __init__(
@@ -82,7 +83,7 @@ class ConVitBlock(nn.Module):
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
-class ConVit(Backbone):
+class ConViT(Backbone):
     """ConViT (arXiv 2103.10697): patch embed + absolute position embedding, GPSA blocks, class token, MHSA blocks."""
 
     model_name = "ConViT"
@@ -131,7 +132,7 @@ class ConVit(Backbone):
         self.pos_drop = nn.Dropout(pos_drop_rate)
         drop_path_rates = [drop_path_rate * index / max(depth - 1, 1) for index in range(depth)]
         self.blocks = nn.ModuleList(
-            ConVitBlock(
+            ConViTBlock(
                 embed_dim, num_heads, use_gpsa=index < local_up_to_layer, grid_size=self.grid_size,
                 mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, locality_strength=locality_strength,
                 proj_drop=proj_drop_rate, attn_drop=attn_drop_rate, drop_path=drop_path_rates[index],
@@ -255,7 +256,7 @@ def _grid_pos_embed(pos_embed: torch.Tensor, grid_size: tuple[int, int], trained
 torch.fx.wrap("_grid_pos_embed")
 
 
-def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: ConVit) -> dict[str, torch.Tensor]:
+def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: ConViT) -> dict[str, torch.Tensor]:
     """Our, timm's and the official layouts (all the same keys) to ours.
 
     Unwraps ``model``/``state_dict`` containers and ``module.`` prefixes, drops cached relative-position
@@ -277,11 +278,12 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: ConVit) -> 
     return converted
 
 
-def _create_convit(variant: str, pretrained: bool = False, **kwargs) -> ConVit:
+def _create_convit(variant: str, pretrained: bool = False, **kwargs) -> ConViT:
+    kwargs = dict(MODEL_ARGS[variant], **kwargs)
     # Every block's map by default, as the zoo contract asks (timm's convit_* default to the last 3).
     out_indices = kwargs.pop("out_indices", tuple(range(kwargs.get("depth", 12))))
     return build_model_with_cfg(
-        ConVit,
+        ConViT,
         variant,
         pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
@@ -329,35 +331,33 @@ MODEL_ARGS = {
 
 
 @register_model
-def vz_convit_tiny(pretrained: bool = False, **kwargs) -> ConVit:
-    return _create_convit("vz_convit_tiny", pretrained, **dict(MODEL_ARGS["vz_convit_tiny"], **kwargs))
+def vz_convit_tiny(pretrained: bool = False, **kwargs) -> ConViT:
+    return _create_convit("vz_convit_tiny", pretrained, **kwargs)
 
 
 @register_model
-def vz_convit_small(pretrained: bool = False, **kwargs) -> ConVit:
-    return _create_convit("vz_convit_small", pretrained, **dict(MODEL_ARGS["vz_convit_small"], **kwargs))
+def vz_convit_small(pretrained: bool = False, **kwargs) -> ConViT:
+    return _create_convit("vz_convit_small", pretrained, **kwargs)
 
 
 @register_model
-def vz_convit_base(pretrained: bool = False, **kwargs) -> ConVit:
-    return _create_convit("vz_convit_base", pretrained, **dict(MODEL_ARGS["vz_convit_base"], **kwargs))
+def vz_convit_base(pretrained: bool = False, **kwargs) -> ConViT:
+    return _create_convit("vz_convit_base", pretrained, **kwargs)
 
 
 @register_model
-def vz_convit_tiny_plus(pretrained: bool = False, **kwargs) -> ConVit:
-    return _create_convit("vz_convit_tiny_plus", pretrained, **dict(MODEL_ARGS["vz_convit_tiny_plus"], **kwargs))
+def vz_convit_tiny_plus(pretrained: bool = False, **kwargs) -> ConViT:
+    return _create_convit("vz_convit_tiny_plus", pretrained, **kwargs)
 
 
 @register_model
-def vz_convit_small_plus(pretrained: bool = False, **kwargs) -> ConVit:
-    return _create_convit("vz_convit_small_plus", pretrained, **dict(MODEL_ARGS["vz_convit_small_plus"], **kwargs))
+def vz_convit_small_plus(pretrained: bool = False, **kwargs) -> ConViT:
+    return _create_convit("vz_convit_small_plus", pretrained, **kwargs)
 
 
 @register_model
-def vz_convit_base_plus(pretrained: bool = False, **kwargs) -> ConVit:
-    return _create_convit("vz_convit_base_plus", pretrained, **dict(MODEL_ARGS["vz_convit_base_plus"], **kwargs))
+def vz_convit_base_plus(pretrained: bool = False, **kwargs) -> ConViT:
+    return _create_convit("vz_convit_base_plus", pretrained, **kwargs)
 
 
-from visionzoo.models._registry import Family, register_family  # noqa: E402  (the record closes the file)
-
-FAMILY = register_family(Family(name="convit", model_classes=(ConVit,), checkpoint_filter_fn=checkpoint_filter_fn))
+FAMILY = register_family(Family(name="convit", model_classes=(ConViT,), checkpoint_filter_fn=checkpoint_filter_fn))

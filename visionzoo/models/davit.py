@@ -31,6 +31,7 @@ from visionzoo.layers.pos_embed import ConvPosEnc
 from visionzoo.layers.window_attention import WindowAttention
 from visionzoo.models._base import Backbone
 from visionzoo.models._checkpoint import _unwrap
+from visionzoo.models._registry import Family, register_family
 from visionzoo.ops.window import pad_to_windows
 
 __all__ = ["DaViT", "checkpoint_filter_fn"]
@@ -48,7 +49,7 @@ def _pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
 torch.fx.wrap("_pad_to_multiple")
 
 
-class Stem(nn.Module):
+class DaViTStem(nn.Module):
     """Zero-pad to a multiple of 4, Conv 7×7 / 4, LayerNorm over channels; NCHW in, NCHW view of NHWC out."""
 
     def __init__(self, in_chans: int, out_chs: int, norm_eps: float, device=None, dtype=None):
@@ -64,7 +65,7 @@ class Stem(nn.Module):
         return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
-class Downsample(nn.Module):
+class DaViTDownsample(nn.Module):
     """LayerNorm (input width), zero-pad to even size, Conv 2×2 / 2; channels-last in and out."""
 
     def __init__(self, in_chs: int, out_chs: int, norm_eps: float, device=None, dtype=None):
@@ -77,7 +78,7 @@ class Downsample(nn.Module):
         return self.conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
 
 
-class Block(nn.Module):
+class DaViTBlock(nn.Module):
     """cpe1 → x + mixer(norm1(x)) → cpe2 → x + mlp(norm2(x)), on channels-last maps; the mixer is window or
     channel-group attention (DaViT's spatial and channel blocks)."""
 
@@ -132,15 +133,15 @@ class DaViTStage(nn.Module):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
         self.grad_checkpointing = False
-        self.downsample = Downsample(in_chs, out_chs, norm_eps, **dd) if downsample else nn.Identity()
+        self.downsample = DaViTDownsample(in_chs, out_chs, norm_eps, **dd) if downsample else nn.Identity()
         dual_blocks = []
         for index in range(depth):
             spatial_rate, channel_rate = drop_path_rates[2 * index : 2 * index + 2]
-            spatial = Block(
+            spatial = DaViTBlock(
                 out_chs, WindowAttention(out_chs, num_heads, window_size, qkv_bias, **dd),
                 mlp_ratio, spatial_rate, norm_eps, **dd,
             )
-            channel = Block(
+            channel = DaViTBlock(
                 out_chs, ChannelGroupAttention(out_chs, num_heads, qkv_bias, **dd),
                 mlp_ratio, channel_rate, norm_eps, **dd,
             )
@@ -188,7 +189,7 @@ class DaViT(Backbone):
         self.num_features = self.head_hidden_size = embed_dims[-1]
         self.drop_rate = drop_rate
 
-        self.stem = Stem(in_chans, embed_dims[0], norm_eps, **dd)
+        self.stem = DaViTStem(in_chans, embed_dims[0], norm_eps, **dd)
         # Stochastic depth grows linearly over every spatial and channel block, as in the official code.
         rates = drop_path_rates(drop_path_rate, 2 * sum(depths))
         stages, self.feature_info, in_chs = [], [], embed_dims[0]
@@ -244,7 +245,8 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) 
 
 
 def _create_davit(variant: str, pretrained: bool = False, **kwargs) -> DaViT:
-    out_indices = kwargs.pop("out_indices", tuple(range(len(kwargs.get("depths", (1, 1, 3, 1))))))
+    kwargs = dict(MODEL_ARGS[variant], **kwargs)
+    out_indices = kwargs.pop("out_indices", tuple(range(len(kwargs["depths"]))))
     return build_model_with_cfg(
         DaViT, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
@@ -271,59 +273,51 @@ def _cfg(**kwargs) -> dict:
 # Tags, sources and eval settings come from the model card (visionzoo/cards/davit.yaml).
 default_cfgs = generate_default_cfgs(pretrained_cfgs("davit", _cfg))
 
-# widths, dual blocks per stage, heads (= channel groups; 32 channels each everywhere).
-_VARIANTS = {
-    "tiny": ((96, 192, 384, 768), (1, 1, 3, 1), (3, 6, 12, 24)),
-    "small": ((96, 192, 384, 768), (1, 1, 9, 1), (3, 6, 12, 24)),
-    "base": ((128, 256, 512, 1024), (1, 1, 9, 1), (4, 8, 16, 32)),
-    "large": ((192, 384, 768, 1536), (1, 1, 9, 1), (6, 12, 24, 48)),
-    "huge": ((256, 512, 1024, 2048), (1, 1, 9, 1), (8, 16, 32, 64)),
-    "giant": ((384, 768, 1536, 3072), (1, 1, 12, 3), (12, 24, 48, 96)),
+# Widths, dual blocks per stage, heads (= channel groups; 32 channels each everywhere).
+MODEL_ARGS = {
+    "vz_davit_tiny": dict(embed_dims=(96, 192, 384, 768), depths=(1, 1, 3, 1), num_heads=(3, 6, 12, 24)),
+    "vz_davit_small": dict(embed_dims=(96, 192, 384, 768), depths=(1, 1, 9, 1), num_heads=(3, 6, 12, 24)),
+    "vz_davit_base": dict(embed_dims=(128, 256, 512, 1024), depths=(1, 1, 9, 1), num_heads=(4, 8, 16, 32)),
+    "vz_davit_large": dict(embed_dims=(192, 384, 768, 1536), depths=(1, 1, 9, 1), num_heads=(6, 12, 24, 48)),
+    "vz_davit_huge": dict(embed_dims=(256, 512, 1024, 2048), depths=(1, 1, 9, 1), num_heads=(8, 16, 32, 64)),
+    "vz_davit_giant": dict(embed_dims=(384, 768, 1536, 3072), depths=(1, 1, 12, 3), num_heads=(12, 24, 48, 96)),
 }
-
-
-def _variant(size: str, pretrained: bool, kwargs: dict) -> DaViT:
-    embed_dims, depths, num_heads = _VARIANTS[size]
-    model_args = dict(embed_dims=embed_dims, depths=depths, num_heads=num_heads)
-    return _create_davit(f"vz_davit_{size}", pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def vz_davit_tiny(pretrained: bool = False, **kwargs) -> DaViT:
     """DaViT-T: 28.4M params, 4.5 GMACs at 224, 82.8 % IN-1k top-1."""
-    return _variant("tiny", pretrained, kwargs)
+    return _create_davit("vz_davit_tiny", pretrained, **kwargs)
 
 
 @register_model
 def vz_davit_small(pretrained: bool = False, **kwargs) -> DaViT:
     """DaViT-S: 49.7M params, 8.8 GMACs at 224, 84.2 % IN-1k top-1."""
-    return _variant("small", pretrained, kwargs)
+    return _create_davit("vz_davit_small", pretrained, **kwargs)
 
 
 @register_model
 def vz_davit_base(pretrained: bool = False, **kwargs) -> DaViT:
     """DaViT-B: 88.0M params, 15.5 GMACs at 224, 84.6 % IN-1k top-1."""
-    return _variant("base", pretrained, kwargs)
+    return _create_davit("vz_davit_base", pretrained, **kwargs)
 
 
 @register_model
 def vz_davit_large(pretrained: bool = False, **kwargs) -> DaViT:
     """DaViT-L, window 7 at 224 as in timm (the official config used window_size=12 at 384); no weights."""
-    return _variant("large", pretrained, kwargs)
+    return _create_davit("vz_davit_large", pretrained, **kwargs)
 
 
 @register_model
 def vz_davit_huge(pretrained: bool = False, **kwargs) -> DaViT:
     """DaViT-H, window 7 at 224 as in timm; no weights."""
-    return _variant("huge", pretrained, kwargs)
+    return _create_davit("vz_davit_huge", pretrained, **kwargs)
 
 
 @register_model
 def vz_davit_giant(pretrained: bool = False, **kwargs) -> DaViT:
     """DaViT-G, window 7 at 224 as in timm; no weights."""
-    return _variant("giant", pretrained, kwargs)
+    return _create_davit("vz_davit_giant", pretrained, **kwargs)
 
-
-from visionzoo.models._registry import Family, register_family  # noqa: E402  (the record closes the file)
 
 FAMILY = register_family(Family(name="davit", model_classes=(DaViT,), checkpoint_filter_fn=checkpoint_filter_fn))

@@ -33,6 +33,7 @@ from visionzoo.layers.drop import DropPath, drop_path_rates
 from visionzoo.layers.halo import HaloAttention
 from visionzoo.models._base import Backbone
 from visionzoo.models._checkpoint import _unwrap
+from visionzoo.models._registry import Family, register_family
 
 NETWORK_STRIDE = 32
 _ACTIVATIONS = {"relu": nn.ReLU, "silu": nn.SiLU}
@@ -406,25 +407,24 @@ def checkpoint_filter_fn(state_dict: dict, model: HaloNet) -> dict:
     return _unwrap(state_dict, "the checkpoint")
 
 
-def _create(variant: str, pretrained: bool = False, **kwargs) -> HaloNet:
+def _create_halonet(variant: str, pretrained: bool = False, **kwargs) -> HaloNet:
     return build_model_with_cfg(
         HaloNet,
         variant,
         pretrained,
-        model_cfg=MODEL_CFGS[variant],
         pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(flatten_sequential=True, out_indices=(0, 1, 2, 3, 4)),
-        **kwargs,
+        **dict(MODEL_ARGS[variant], **kwargs),
     )
 
 
-def _timm_hybrid(widths, block_types, bottle_ratios=(0.25,) * 4, **kwargs) -> HaloNetCfg:
-    return HaloNetCfg(widths=widths, block_types=block_types, bottle_ratios=bottle_ratios, **kwargs)
+def _timm_hybrid(widths, block_types, bottle_ratios=(0.25,) * 4, **kwargs) -> dict:
+    return dict(cfg=HaloNetCfg(widths=widths, block_types=block_types, bottle_ratios=bottle_ratios, **kwargs))
 
 
-def _paper(layers3: int, block_size: int, halo_size: int, width_mult: float, num_features: int = 0) -> HaloNetCfg:
+def _paper(layers3: int, block_size: int, halo_size: int, width_mult: float, num_features: int = 0) -> dict:
     """Paper §4 family: all-attention stages of depth (3, 3, l3, 3); mid width 64·2^i, output width × rb."""
-    return HaloNetCfg(
+    return dict(cfg=HaloNetCfg(
         widths=tuple(int(64 * width_mult * 2 ** i) for i in range(4)),
         block_types=tuple(("halo",) * depth for depth in (3, 3, layers3, 3)),
         bottle_ratios=(1 / width_mult,) * 4,
@@ -432,11 +432,11 @@ def _paper(layers3: int, block_size: int, halo_size: int, width_mult: float, num
         halo_size=halo_size,
         stem="7x7",
         num_features=num_features,
-    )
+    ))
 
 
 _B, _H = "bottle", "halo"
-MODEL_CFGS = {
+MODEL_ARGS = {
     "vz_halonet26t": _timm_hybrid(
         (256, 512, 1024, 2048), ((_B, _B), (_B, _B), (_B, _H), (_H, _H)), halo_size=2,
     ),
@@ -490,57 +490,55 @@ default_cfgs = generate_default_cfgs(pretrained_cfgs("halonet", _cfg))
 @register_model
 def vz_halonet26t(pretrained: bool = False, **kwargs) -> HaloNet:
     """timm's HaloNet-26T hybrid: tiered stem, halo attention (block 8, halo 2) in the last 3 blocks."""
-    return _create("vz_halonet26t", pretrained, **kwargs)
+    return _create_halonet("vz_halonet26t", pretrained, **kwargs)
 
 
 @register_model
 def vz_sehalonet33ts(pretrained: bool = False, **kwargs) -> HaloNet:
     """timm's SE-HaloNet-33TS hybrid: SE bottlenecks, SiLU, halo attention in the last block of stages 2–4."""
-    return _create("vz_sehalonet33ts", pretrained, **kwargs)
+    return _create_halonet("vz_sehalonet33ts", pretrained, **kwargs)
 
 
 @register_model
 def vz_halonet50ts(pretrained: bool = False, **kwargs) -> HaloNet:
     """timm's HaloNet-50TS hybrid: ResNet-50 depths, SiLU, halo attention interleaved from stage 2."""
-    return _create("vz_halonet50ts", pretrained, **kwargs)
+    return _create_halonet("vz_halonet50ts", pretrained, **kwargs)
 
 
 @register_model
 def vz_eca_halonext26ts(pretrained: bool = False, **kwargs) -> HaloNet:
     """timm's ECA-HaloNeXt-26TS hybrid: grouped ECA bottlenecks, halo attention with 16-dim heads."""
-    return _create("vz_eca_halonext26ts", pretrained, **kwargs)
+    return _create_halonet("vz_eca_halonext26ts", pretrained, **kwargs)
 
 
 @register_model
 def vz_halonet_h0(pretrained: bool = False, **kwargs) -> HaloNet:
     """Paper HaloNet-H0 (b 8, h 3, rb 0.5, l3 7), 256 px."""
-    return _create("vz_halonet_h0", pretrained, **kwargs)
+    return _create_halonet("vz_halonet_h0", pretrained, **kwargs)
 
 
 @register_model
 def vz_halonet_h1(pretrained: bool = False, **kwargs) -> HaloNet:
     """Paper HaloNet-H1 (b 8, h 3, rb 1.0, l3 10), 256 px; timm's ``halonet_h1``."""
-    return _create("vz_halonet_h1", pretrained, **kwargs)
+    return _create_halonet("vz_halonet_h1", pretrained, **kwargs)
 
 
 @register_model
 def vz_halonet_h2(pretrained: bool = False, **kwargs) -> HaloNet:
     """Paper HaloNet-H2 (b 8, h 3, rb 1.25, l3 11), 256 px."""
-    return _create("vz_halonet_h2", pretrained, **kwargs)
+    return _create_halonet("vz_halonet_h2", pretrained, **kwargs)
 
 
 @register_model
 def vz_halonet_h3(pretrained: bool = False, **kwargs) -> HaloNet:
     """Paper HaloNet-H3 (b 10, h 3, rb 1.5, l3 12, final conv 1024), 320 px."""
-    return _create("vz_halonet_h3", pretrained, **kwargs)
+    return _create_halonet("vz_halonet_h3", pretrained, **kwargs)
 
 
 @register_model
 def vz_halonet_h4(pretrained: bool = False, **kwargs) -> HaloNet:
     """Paper HaloNet-H4 (b 12, h 2, rb 3.0, l3 12, final conv 1280), 384 px."""
-    return _create("vz_halonet_h4", pretrained, **kwargs)
+    return _create_halonet("vz_halonet_h4", pretrained, **kwargs)
 
-
-from visionzoo.models._registry import Family, register_family  # noqa: E402  (the record closes the file)
 
 FAMILY = register_family(Family(name="halonet", model_classes=(HaloNet,), checkpoint_filter_fn=checkpoint_filter_fn))

@@ -30,6 +30,7 @@ from visionzoo.layers.hilo import HiLoAttention
 from visionzoo.layers.patch_embed import PatchEmbed
 from visionzoo.models._base import Backbone
 from visionzoo.models._checkpoint import _unwrap
+from visionzoo.models._registry import Family, register_family
 
 __all__ = ["LITv2", "checkpoint_filter_fn"]
 
@@ -102,7 +103,7 @@ class DeformableTokenMerging(nn.Module):
         return self
 
 
-class LitStage(nn.Module):
+class LITv2Stage(nn.Module):
     """DTM from the previous stage's width (all stages but the first), then blocks, on (B, H, W, C) maps."""
 
     def __init__(
@@ -178,7 +179,7 @@ class LITv2(Backbone):
         stages, self.feature_info, in_dim = [], [], embed_dim
         for index, width in enumerate(widths):
             stages.append(
-                LitStage(
+                LITv2Stage(
                     in_dim, width, index > 0, num_heads[index], window_sizes[index], attention_stages[index], alpha,
                     mlp_ratio, qkv_bias, drop_rate, rates[sum(depths[:index]):sum(depths[:index + 1])],
                     device=device, dtype=dtype,
@@ -285,37 +286,35 @@ def _create_litv2(variant: str, pretrained: bool = False, **kwargs) -> LITv2:
         pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(out_indices=(0, 1, 2, 3), feature_cls="getter"),
-        **kwargs,
+        **dict(MODEL_ARGS[variant], **kwargs),
     )
 
 
 # Variant table (paper Table 1 / official configs): stem width, depths, heads. Shared: head dim 32,
 # alpha 0.9, HiLo windows (-, -, 2, 1). Training used drop_path_rate 0.2 / 0.3 / 0.5.
-_VARIANTS = {
-    "small": dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24)),
-    "medium": dict(embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24)),
-    "base": dict(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32)),
+MODEL_ARGS = {
+    "vz_litv2_small": dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24)),
+    "vz_litv2_medium": dict(embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24)),
+    "vz_litv2_base": dict(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32)),
 }
 
 
 @register_model
 def vz_litv2_small(pretrained: bool = False, **kwargs) -> LITv2:
     """LITv2-S: 27.8M params, 3.7 GMACs at 224, 82.0% ImageNet top-1."""
-    return _create_litv2("vz_litv2_small", pretrained, **dict(_VARIANTS["small"], **kwargs))
+    return _create_litv2("vz_litv2_small", pretrained, **kwargs)
 
 
 @register_model
 def vz_litv2_medium(pretrained: bool = False, **kwargs) -> LITv2:
     """LITv2-M: 48.8M params, 7.5 GMACs at 224, 83.3% ImageNet top-1."""
-    return _create_litv2("vz_litv2_medium", pretrained, **dict(_VARIANTS["medium"], **kwargs))
+    return _create_litv2("vz_litv2_medium", pretrained, **kwargs)
 
 
 @register_model
 def vz_litv2_base(pretrained: bool = False, **kwargs) -> LITv2:
     """LITv2-B: 86.5M params, 13.2 GMACs at 224 (83.6% top-1), 39.7 GMACs at 384 (84.7%)."""
-    return _create_litv2("vz_litv2_base", pretrained, **dict(_VARIANTS["base"], **kwargs))
+    return _create_litv2("vz_litv2_base", pretrained, **kwargs)
 
-
-from visionzoo.models._registry import Family, register_family  # noqa: E402  (the record closes the file)
 
 FAMILY = register_family(Family(name="litv2", model_classes=(LITv2,), checkpoint_filter_fn=checkpoint_filter_fn))

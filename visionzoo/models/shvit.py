@@ -28,8 +28,9 @@ from visionzoo.layers.patch_embed import ConvStem
 from visionzoo.layers.residual import Residual
 from visionzoo.models._base import Backbone
 from visionzoo.models._checkpoint import _unwrap
+from visionzoo.models._registry import Family, register_family
 
-__all__ = ["Shvit", "checkpoint_filter_fn"]
+__all__ = ["SHViT", "checkpoint_filter_fn"]
 
 STEM_STRIDE = 16
 
@@ -70,7 +71,7 @@ class PatchMerging(nn.Sequential):
         ))
 
 
-class ShvitBlock(nn.Module):
+class SHViTBlock(nn.Module):
     """Depthwise-conv residual → optional single-head attention residual → FFN residual."""
 
     def __init__(
@@ -97,7 +98,7 @@ class ShvitBlock(nn.Module):
         return self.ffn(self.mixer(self.conv(x)))
 
 
-class ShvitStage(nn.Module):
+class SHViTStage(nn.Module):
     """An optional transition (conv/FFN pair, patch merging, conv/FFN pair) followed by ``depth`` blocks."""
 
     def __init__(
@@ -122,7 +123,7 @@ class ShvitStage(nn.Module):
             _ffn_residual(dim, 0.0, dd),
         ) if in_dim != dim else nn.Identity()
         self.blocks = nn.Sequential(*[
-            ShvitBlock(dim, qk_dim, partial_dim, use_attention, drop_path[index], **dd) for index in range(depth)
+            SHViTBlock(dim, qk_dim, partial_dim, use_attention, drop_path[index], **dd) for index in range(depth)
         ])
         self.grad_checkpointing = False
 
@@ -133,7 +134,7 @@ class ShvitStage(nn.Module):
         return self.blocks(x)
 
 
-class Shvit(Backbone):
+class SHViT(Backbone):
     """SHViT backbone and classifier (global pool → BatchNorm1d → Linear)."""
 
     model_name = "SHViT"
@@ -172,7 +173,7 @@ class Shvit(Backbone):
         rates = drop_path_rates(drop_path_rate, sum(depths))
         stages, self.feature_info, prev, start = [], [], first, 0
         for index, (dim, depth) in enumerate(zip(embed_dims, depths)):
-            stages.append(ShvitStage(
+            stages.append(SHViTStage(
                 prev, dim, depth, qk_dim, partial_dims[index], use_attention[index], rates[start:start + depth], **dd
             ))
             self.feature_info.append(dict(num_chs=dim, reduction=STEM_STRIDE * 2**index, module=f"stages.{index}"))
@@ -258,44 +259,42 @@ def _cfg(**kwargs: Any) -> dict[str, Any]:
 default_cfgs = generate_default_cfgs(pretrained_cfgs("shvit", _cfg))
 
 
-def _create_shvit(variant: str, pretrained: bool = False, **kwargs: Any) -> Shvit:
+def _create_shvit(variant: str, pretrained: bool = False, **kwargs: Any) -> SHViT:
     return build_model_with_cfg(
-        Shvit, variant, pretrained,
+        SHViT, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(out_indices=(0, 1, 2), flatten_sequential=True),
-        **kwargs,
+        **dict(MODEL_ARGS[variant], **kwargs),
     )
 
 
 # Widths (C1, C2, C3), blocks per stage and attention widths P2, P3 (the stage-1 value is unused) [code].
-_VARIANTS = {
-    "s1": dict(embed_dims=(128, 224, 320), depths=(2, 4, 5), partial_dims=(32, 48, 68)),
-    "s2": dict(embed_dims=(128, 308, 448), depths=(2, 4, 5), partial_dims=(32, 66, 96)),
-    "s3": dict(embed_dims=(192, 352, 448), depths=(3, 5, 5), partial_dims=(48, 75, 96)),
-    "s4": dict(embed_dims=(224, 336, 448), depths=(4, 7, 6), partial_dims=(48, 72, 96)),
+MODEL_ARGS = {
+    "vz_shvit_s1": dict(embed_dims=(128, 224, 320), depths=(2, 4, 5), partial_dims=(32, 48, 68)),
+    "vz_shvit_s2": dict(embed_dims=(128, 308, 448), depths=(2, 4, 5), partial_dims=(32, 66, 96)),
+    "vz_shvit_s3": dict(embed_dims=(192, 352, 448), depths=(3, 5, 5), partial_dims=(48, 75, 96)),
+    "vz_shvit_s4": dict(embed_dims=(224, 336, 448), depths=(4, 7, 6), partial_dims=(48, 72, 96)),
 }
 
 
 @register_model
-def vz_shvit_s1(pretrained: bool = False, **kwargs: Any) -> Shvit:
-    return _create_shvit("vz_shvit_s1", pretrained, **dict(_VARIANTS["s1"], **kwargs))
+def vz_shvit_s1(pretrained: bool = False, **kwargs: Any) -> SHViT:
+    return _create_shvit("vz_shvit_s1", pretrained, **kwargs)
 
 
 @register_model
-def vz_shvit_s2(pretrained: bool = False, **kwargs: Any) -> Shvit:
-    return _create_shvit("vz_shvit_s2", pretrained, **dict(_VARIANTS["s2"], **kwargs))
+def vz_shvit_s2(pretrained: bool = False, **kwargs: Any) -> SHViT:
+    return _create_shvit("vz_shvit_s2", pretrained, **kwargs)
 
 
 @register_model
-def vz_shvit_s3(pretrained: bool = False, **kwargs: Any) -> Shvit:
-    return _create_shvit("vz_shvit_s3", pretrained, **dict(_VARIANTS["s3"], **kwargs))
+def vz_shvit_s3(pretrained: bool = False, **kwargs: Any) -> SHViT:
+    return _create_shvit("vz_shvit_s3", pretrained, **kwargs)
 
 
 @register_model
-def vz_shvit_s4(pretrained: bool = False, **kwargs: Any) -> Shvit:
-    return _create_shvit("vz_shvit_s4", pretrained, **dict(_VARIANTS["s4"], **kwargs))
+def vz_shvit_s4(pretrained: bool = False, **kwargs: Any) -> SHViT:
+    return _create_shvit("vz_shvit_s4", pretrained, **kwargs)
 
 
-from visionzoo.models._registry import Family, register_family  # noqa: E402  (the record closes the file)
-
-FAMILY = register_family(Family(name="shvit", model_classes=(Shvit,), checkpoint_filter_fn=checkpoint_filter_fn))
+FAMILY = register_family(Family(name="shvit", model_classes=(SHViT,), checkpoint_filter_fn=checkpoint_filter_fn))

@@ -25,6 +25,7 @@ from visionzoo.layers.conv_glu import ConvGlu
 from visionzoo.layers.drop import DropPath, drop_path_rates
 from visionzoo.models._base import Backbone
 from visionzoo.models._checkpoint import _unwrap as unwrap_state_dict
+from visionzoo.models._registry import Family, register_family
 
 __all__ = ["TransNeXt", "checkpoint_filter_fn"]
 
@@ -240,7 +241,7 @@ def _create_transnext(variant: str, pretrained: bool = False, **kwargs) -> Trans
         pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(flatten_sequential=True, out_indices=(0, 1, 2, 3)),
-        **kwargs,
+        **dict(MODEL_ARGS[variant], **kwargs),
     )
 
 
@@ -273,7 +274,7 @@ def _cfg(input_size: tuple[int, int, int] = (3, 224, 224), **kwargs) -> dict:
 default_cfgs = generate_default_cfgs(pretrained_cfgs("transnext", _cfg))
 
 # embed_dims, num_heads, depths (head dim 24 throughout; mlp ratios 8, 8, 4, 4).
-_VARIANTS = {
+MODEL_ARGS = {
     "vz_transnext_micro": dict(embed_dims=(48, 96, 192, 384), num_heads=(2, 4, 8, 16), depths=(2, 2, 15, 2)),
     "vz_transnext_tiny": dict(embed_dims=(72, 144, 288, 576), num_heads=(3, 6, 12, 24), depths=(2, 2, 15, 2)),
     "vz_transnext_small": dict(embed_dims=(72, 144, 288, 576), num_heads=(3, 6, 12, 24), depths=(5, 5, 22, 5)),
@@ -286,35 +287,29 @@ _VARIANTS = {
 }
 
 
-def _build(name: str, pretrained: bool, kwargs: dict) -> TransNeXt:
-    return _create_transnext(name, pretrained, **{**_VARIANTS[name], **kwargs})
-
-
 @register_model
 def vz_transnext_micro(pretrained: bool = False, **kwargs) -> TransNeXt:
-    return _build("vz_transnext_micro", pretrained, kwargs)
+    return _create_transnext("vz_transnext_micro", pretrained, **kwargs)
 
 
 @register_model
 def vz_transnext_tiny(pretrained: bool = False, **kwargs) -> TransNeXt:
-    return _build("vz_transnext_tiny", pretrained, kwargs)
+    return _create_transnext("vz_transnext_tiny", pretrained, **kwargs)
 
 
 @register_model
 def vz_transnext_small(pretrained: bool = False, **kwargs) -> TransNeXt:
-    return _build("vz_transnext_small", pretrained, kwargs)
+    return _create_transnext("vz_transnext_small", pretrained, **kwargs)
 
 
 @register_model
 def vz_transnext_base(pretrained: bool = False, **kwargs) -> TransNeXt:
-    return _build("vz_transnext_base", pretrained, kwargs)
+    return _create_transnext("vz_transnext_base", pretrained, **kwargs)
 
 
 @register_model
 def vz_transnext_micro_aaaa(pretrained: bool = False, **kwargs) -> TransNeXt:
-    return _build("vz_transnext_micro_aaaa", pretrained, kwargs)
+    return _create_transnext("vz_transnext_micro_aaaa", pretrained, **kwargs)
 
-
-from visionzoo.models._registry import Family, register_family  # noqa: E402  (the record closes the file)
 
 FAMILY = register_family(Family(name="transnext", model_classes=(TransNeXt,), checkpoint_filter_fn=checkpoint_filter_fn))

@@ -13,7 +13,7 @@ The op boundary, which every op here follows:
   names (tokens-last unless the op says channels-first), and ``scale=None`` means head_dim ** -0.5.
 * Where an op checks its arguments, a bad one raises ``ValueError`` naming the expected shapes. The reference is
   the readable spec, and every backend computes the same function on the op's sample inputs
-  (``tests/test_op_contract.py``).
+  (``tests/ops/test_op_contract.py``).
 
 :mod:`visionzoo.ops._dispatch` describes how a backend is declared and chosen. Every module in this package is
 imported here so that :func:`list_ops` names every op.

@@ -16,7 +16,7 @@ import timm
 import torch
 from timm.models import group_parameters
 
-from _zoo import create, model_params, input_sizes, zoo_models
+from _zoo import create, example_input, input_sizes, model_params, skip_if_opted_out, zoo_models
 import visionzoo
 from visionzoo.bench.flops import count_macs
 from visionzoo.layers.fuse import fuse_model
@@ -29,8 +29,8 @@ HEAVY = model_params()
 
 
 def _input(name, size_index=0, batch=2):
-    height, width = input_sizes(name)[size_index]
-    return torch.randn(batch, 3, height, width)
+    """The family's declared example input at the card's ``size_index``-th test size."""
+    return example_input(name, size_index, batch)
 
 
 def _close(a, b, rtol=1e-5, atol=1e-5):
@@ -87,6 +87,7 @@ def test_meta_construction_and_param_count_matches_card(name):
 def test_macs_match_card(name):
     """GMACs at the card's input size agree with the paper within the card's tolerance, through the fast path or
     the reference (the readable spec): a fast path may trade extra MACs for speed, the math must match."""
+    skip_if_opted_out(name, "macs_match_card")
     card = variant_card(name)
     if not card or not card.get("paper_gmacs"):
         pytest.skip(f"{name}: the paper gives no MAC figure")
@@ -110,12 +111,14 @@ def test_unknown_kwarg_raises_type_error(name):
 
 @pytest.mark.parametrize("name", HEAVY)
 def test_device_and_dtype_kwargs(name):
+    skip_if_opted_out(name, "device_and_dtype_kwargs")
     model = create(name, device="cpu", dtype=torch.bfloat16)
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
 
 
 @pytest.mark.parametrize("name", HEAVY)
 def test_forward_and_backward(name):
+    skip_if_opted_out(name, "forward_and_backward")
     model = create(name).eval()
     x = _input(name)
     with torch.no_grad():
@@ -131,6 +134,7 @@ def test_forward_and_backward(name):
 
 @pytest.mark.parametrize("name", HEAVY)
 def test_classifier_options(name):
+    skip_if_opted_out(name, "classifier_options")
     x = _input(name)
     model = create(name, num_classes=0).eval()
     with torch.no_grad():
@@ -151,6 +155,7 @@ def test_classifier_options(name):
 
 @pytest.mark.parametrize("name", HEAVY)
 def test_forward_features_and_head(name):
+    skip_if_opted_out(name, "forward_features_and_head")
     model = create(name).eval()
     x = _input(name)
     with torch.no_grad():
@@ -170,6 +175,7 @@ def test_forward_features_and_head(name):
 @pytest.mark.parametrize("name", HEAVY)
 @pytest.mark.parametrize("feature_cls", [None, "getter"])
 def test_features_only(name, feature_cls):
+    skip_if_opted_out(name, "features_only")
     kwargs = {"feature_cls": feature_cls} if feature_cls else {}
     model = create(name, features_only=True, **kwargs).eval()
     reference = create(name, device="meta")
@@ -184,6 +190,7 @@ def test_features_only(name, feature_cls):
 
 @pytest.mark.parametrize("name", HEAVY)
 def test_forward_intermediates(name):
+    skip_if_opted_out(name, "forward_intermediates")
     model = create(name).eval()
     for size_index in (0, 1):
         x = _input(name, size_index)
@@ -201,6 +208,7 @@ def test_forward_intermediates(name):
 
 @pytest.mark.parametrize("name", HEAVY)
 def test_prune_intermediate_layers(name):
+    skip_if_opted_out(name, "prune_intermediate_layers")
     model = create(name).eval()
     x = _input(name)
     with torch.no_grad():
@@ -214,6 +222,7 @@ def test_prune_intermediate_layers(name):
 
 @pytest.mark.parametrize("name", HEAVY)
 def test_gradient_checkpointing_gives_same_output(name):
+    skip_if_opted_out(name, "gradient_checkpointing_gives_same_output")
     model = create(name).train()
     x = _input(name)
     expected = model(x)
@@ -226,6 +235,7 @@ def test_gradient_checkpointing_gives_same_output(name):
 
 @pytest.mark.parametrize("name", EVERY)
 def test_group_matcher_and_no_weight_decay(name):
+    skip_if_opted_out(name, "group_matcher_and_no_weight_decay")
     model = create(name, device="meta")
     names = {n for n, _ in model.named_parameters()}
     for coarse in (False, True):
@@ -240,6 +250,7 @@ def test_group_matcher_and_no_weight_decay(name):
 
 @pytest.mark.parametrize("name", HEAVY)
 def test_bf16_forward(name):
+    skip_if_opted_out(name, "bf16_forward")
     model = create(name).eval().to(torch.bfloat16)
     with torch.no_grad():
         out = model(_input(name, batch=1).to(torch.bfloat16))
@@ -248,6 +259,7 @@ def test_bf16_forward(name):
 
 @pytest.mark.parametrize("name", HEAVY)
 def test_checkpoint_filter_round_trip(name):
+    skip_if_opted_out(name, "checkpoint_filter_round_trip")
     model = create(name).eval()
     with torch.no_grad():
         for buffer in model.buffers():
@@ -269,6 +281,7 @@ def test_checkpoint_filter_round_trip(name):
 def test_deploy_form_folds_every_conv_batchnorm_and_keeps_outputs(name):
     """``fuse_model`` is what bench --deploy and export run: same outputs, and no BatchNorm left behind a conv
     (a conv whose weights are rescaled at run time is one exporters cannot hand to XNNPACK as a constant)."""
+    skip_if_opted_out(name, "deploy_form_folds_every_conv_batchnorm_and_keeps_outputs")
     model = create(name).eval()
     with torch.no_grad():
         for module in model.modules():
@@ -290,6 +303,7 @@ def test_deploy_form_folds_every_conv_batchnorm_and_keeps_outputs(name):
 @pytest.mark.parametrize("name", HEAVY)
 def test_compile_fullgraph_captures_whole_model(name):
     """Dynamo must capture the model in one graph; ``aot_eager`` checks that without inductor's codegen."""
+    skip_if_opted_out(name, "compile_fullgraph_captures_whole_model")
     model = create(name).eval()
     x = _input(name, batch=1)
     compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
@@ -300,6 +314,7 @@ def test_compile_fullgraph_captures_whole_model(name):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", HEAVY)
 def test_compile_inductor_matches_eager(name):
+    skip_if_opted_out(name, "compile_inductor_matches_eager")
     model = create(name).eval()
     x = _input(name, batch=1)
     compiled = torch.compile(model, fullgraph=True)
@@ -328,6 +343,7 @@ def _module_outputs(model, module_names, x):
 @pytest.mark.parametrize("name", HEAVY)
 def test_fx_symbolic_trace_matches_eager(name):
     """The graph records the input checks and size-dependent choices as calls, so it runs at other sizes too."""
+    skip_if_opted_out(name, "fx_symbolic_trace_matches_eager")
     model = create(name).eval()
     traced = torch.fx.symbolic_trace(model)
     for size_index in (0, 1):
@@ -342,6 +358,7 @@ def test_fx_symbolic_trace_matches_eager(name):
 def test_fx_feature_extraction_matches_eager(name):
     """torchvision's create_feature_extractor and timm's ``feature_cls='fx'`` return the feature modules'
     eager outputs."""
+    skip_if_opted_out(name, "fx_feature_extraction_matches_eager")
     from torchvision.models.feature_extraction import create_feature_extractor
 
     model = create(name).eval()

@@ -13,7 +13,7 @@ from visionzoo.models.davit import checkpoint_filter_fn
 from visionzoo.ops import REFERENCE, use_backend
 from visionzoo.ops.window import pad_to_windows
 
-MANIFESTS = Path(__file__).parent / "data" / "davit"
+MANIFESTS = Path(__file__).resolve().parents[1] / "data" / "davit"
 VARIANTS = ["tiny", "small", "base", "large", "huge", "giant"]
 # Exact counts of the official code (spec §2); huge and giant exist only in timm.
 SPEC_PARAMS = {"tiny": 28_360_168, "small": 49_745_896, "base": 87_954_408, "large": 196_811_752}

@@ -22,7 +22,7 @@ SLOW_AFTER_S1 = [name if name == "vz_shvit_s1" else pytest.param(name, marks=pyt
 WIDTHS = {"vz_shvit_s1": (128, 224, 320), "vz_shvit_s2": (128, 308, 448),
           "vz_shvit_s3": (192, 352, 448), "vz_shvit_s4": (224, 336, 448)}
 # State-dict manifests (key, shape) of the official release and of timm, copied from the spec sheets.
-KEYS_DIR = Path(__file__).parent / "data" / "keys"
+KEYS_DIR = Path(__file__).resolve().parents[1] / "data" / "keys"
 
 
 def _relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:

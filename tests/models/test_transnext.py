@@ -12,7 +12,7 @@ from visionzoo.models._checkpoint import load_checkpoint
 from visionzoo.models.transnext import checkpoint_filter_fn
 from visionzoo.ops import use_backend
 
-KEYS_DIR = Path(__file__).parent / "data" / "transnext_keys"
+KEYS_DIR = Path(__file__).resolve().parents[1] / "data" / "transnext_keys"
 MANIFESTS = {
     "vz_transnext_micro": "transnext_micro.tsv",
     "vz_transnext_tiny": "transnext_tiny.tsv",

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from visionzoo.layers.halo import HaloAttention
 from visionzoo.models._cards import variant_card
-from visionzoo.models.halonet import MODEL_CFGS, checkpoint_filter_fn
+from visionzoo.models.halonet import MODEL_ARGS, checkpoint_filter_fn
 from visionzoo.ops import halo as halo_ops
 from visionzoo.ops.halo import halo_attention
 
@@ -228,7 +228,7 @@ def test_input_size_error_names_the_multiple():
         model(torch.randn(1, 3, 100, 128))
 
 
-@pytest.mark.parametrize("name", sorted(MODEL_CFGS))
+@pytest.mark.parametrize("name", sorted(MODEL_ARGS))
 def test_parameter_count_matches_card(name):
     card = variant_card(name)
     model = timm.create_model(name, device="meta")
@@ -247,7 +247,7 @@ MANIFESTS = {
 @pytest.mark.parametrize("name", sorted(MANIFESTS))
 def test_timm_key_manifest_loads_without_missing_or_unexpected_keys(name):
     """The manifests list every key and shape of timm's released state dicts (specs/keys)."""
-    path = Path(__file__).parent / "data" / "halonet" / MANIFESTS[name]
+    path = Path(__file__).resolve().parents[1] / "data" / "halonet" / MANIFESTS[name]
     manifest = {}
     for line in path.read_text().splitlines():
         key, _, shape = line.partition("\t")

@@ -13,7 +13,7 @@ import yaml
 import visionzoo
 from visionzoo.models._cards import CARDS_DIR, REQUIRED_VARIANT_FIELDS, CardError, _validate, load_cards
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_every_registered_model_has_a_card():
