@@ -26,6 +26,7 @@ from visionzoo.layers.mlp import Mlp
 from visionzoo.layers.patch_embed import PatchEmbed
 from visionzoo.layers.pos_embed import resample_grid_embed
 from visionzoo.models._base import Backbone
+from visionzoo.models._pretrained import pretrained_cfgs
 from visionzoo.models._registry import Family, register_family
 
 __all__ = ["ConViT", "checkpoint_filter_fn"]
@@ -292,7 +293,6 @@ def _create_convit(variant: str, pretrained: bool = False, **kwargs) -> ConViT:
     )
 
 
-from visionzoo.models._pretrained import pretrained_cfgs  # noqa: E402  (the cfg block reads the card)
 
 
 def _cfg(**kwargs) -> dict:

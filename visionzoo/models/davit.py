@@ -31,6 +31,7 @@ from visionzoo.layers.pos_embed import ConvPosEnc
 from visionzoo.layers.window_attention import WindowAttention
 from visionzoo.models._base import Backbone
 from visionzoo.models._checkpoint import _unwrap
+from visionzoo.models._pretrained import pretrained_cfgs
 from visionzoo.models._registry import Family, register_family
 from visionzoo.ops.window import pad_to_windows
 
@@ -255,7 +256,6 @@ def _create_davit(variant: str, pretrained: bool = False, **kwargs) -> DaViT:
     )
 
 
-from visionzoo.models._pretrained import pretrained_cfgs  # noqa: E402  (the cfg block reads the card)
 
 
 def _cfg(**kwargs) -> dict:

@@ -33,6 +33,7 @@ from visionzoo.layers.drop import DropPath, drop_path_rates
 from visionzoo.layers.halo import HaloAttention
 from visionzoo.models._base import Backbone
 from visionzoo.models._checkpoint import _unwrap
+from visionzoo.models._pretrained import pretrained_cfgs
 from visionzoo.models._registry import Family, register_family
 
 NETWORK_STRIDE = 32
@@ -460,7 +461,6 @@ MODEL_ARGS = {
 }
 
 
-from visionzoo.models._pretrained import pretrained_cfgs  # noqa: E402  (the cfg block reads the card)
 
 
 def _cfg(input_size: tuple[int, int, int] = (3, 256, 256), **kwargs) -> dict:

@@ -30,6 +30,7 @@ from visionzoo.layers.hilo import HiLoAttention
 from visionzoo.layers.patch_embed import PatchEmbed
 from visionzoo.models._base import Backbone
 from visionzoo.models._checkpoint import _unwrap
+from visionzoo.models._pretrained import pretrained_cfgs
 from visionzoo.models._registry import Family, register_family
 
 __all__ = ["LITv2", "checkpoint_filter_fn"]
@@ -250,7 +251,6 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: LITv2) -> d
     return converted
 
 
-from visionzoo.models._pretrained import pretrained_cfgs  # noqa: E402  (the cfg block reads the card)
 
 
 def _cfg(input_size: tuple[int, int, int] = (3, 224, 224), **kwargs) -> dict:

@@ -28,6 +28,7 @@ from visionzoo.layers.patch_embed import ConvStem
 from visionzoo.layers.residual import Residual
 from visionzoo.models._base import Backbone
 from visionzoo.models._checkpoint import _unwrap
+from visionzoo.models._pretrained import pretrained_cfgs
 from visionzoo.models._registry import Family, register_family
 
 __all__ = ["SHViT", "checkpoint_filter_fn"]
@@ -238,7 +239,6 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) 
     return converted
 
 
-from visionzoo.models._pretrained import pretrained_cfgs  # noqa: E402  (the cfg block reads the card)
 
 
 def _cfg(**kwargs: Any) -> dict[str, Any]:

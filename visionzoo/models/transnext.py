@@ -25,6 +25,7 @@ from visionzoo.layers.conv_glu import ConvGlu
 from visionzoo.layers.drop import DropPath, drop_path_rates
 from visionzoo.models._base import Backbone
 from visionzoo.models._checkpoint import _unwrap as unwrap_state_dict
+from visionzoo.models._pretrained import pretrained_cfgs
 from visionzoo.models._registry import Family, register_family
 
 __all__ = ["TransNeXt", "checkpoint_filter_fn"]
@@ -245,7 +246,6 @@ def _create_transnext(variant: str, pretrained: bool = False, **kwargs) -> Trans
     )
 
 
-from visionzoo.models._pretrained import pretrained_cfgs  # noqa: E402  (the cfg block reads the card)
 
 
 def _cfg(input_size: tuple[int, int, int] = (3, 224, 224), **kwargs) -> dict:

@@ -135,7 +135,7 @@ def test_model_built_from_its_class_converts_timms_layout():
 
 def test_plain_load_state_dict_of_another_family_says_what_it_found():
     model = timm.create_model("vz_shvit_s1")
-    with pytest.raises(RuntimeError, match="no tensor of this file fits Shvit: .*none of the layouts the shvit converter reads"):
+    with pytest.raises(RuntimeError, match="no tensor of this file fits SHViT: .*none of the layouts the shvit converter reads"):
         model.load_state_dict(timm.create_model("convit_tiny").state_dict())
     # strict=False keeps torch's permissive behaviour: extra keys are ignored, ours load.
     extra = {**model.state_dict(), "unrelated.weight": torch.zeros(1)}
@@ -152,7 +152,7 @@ def test_readme_weights_column_comes_from_the_cards(tmp_path):
     # The checked-in table was generated from the cards as they are now.
     from visionzoo.models._pretrained import weights_summary
 
-    text = (Path(__file__).parents[1] / "README.md").read_text()
+    text = (Path(__file__).parents[2] / "README.md").read_text()
     table = text[text.index("<!-- zoo:start -->"):text.index("<!-- zoo:end -->")]
     rows = [line.split(" | ") for line in table.splitlines() if line.startswith("| vz_")]
     assert rows and all(cells[-1].rstrip(" |") == weights_summary(cells[0][2:]) for cells in rows)
@@ -161,7 +161,7 @@ def test_readme_weights_column_comes_from_the_cards(tmp_path):
 def test_official_layout_is_not_filed_under_timms_hub_id(offline):
     """timm's own shvit_s1 reads the same cache entry, so only timm's layout may go there."""
     official = {}
-    for line in (Path(__file__).parent / "data" / "keys" / "shvit_s1.tsv").read_text().splitlines():
+    for line in (Path(__file__).parents[1] / "data" / "keys" / "shvit_s1.tsv").read_text().splitlines():
         key, shape = line.split("\t")
         official[key] = torch.ones([int(dim) for dim in shape.split(",")] if shape else [])
     path = offline / "shvit_s1.pth"
