@@ -1,6 +1,7 @@
 """Shared set-up of the training tests: a small digits data set, a small model and a command line to run."""
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from pathlib import Path
@@ -49,3 +50,15 @@ def subprocess_env() -> dict[str, str]:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", WANDB_MODE="offline", WANDB_SILENT="true")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     return env
+
+
+def parse_train_cli(*argv: str) -> argparse.Namespace:
+    """``visionzoo train|eval ARGS`` parsed as the CLI does, for tests that call run_train/run_eval in-process."""
+    from visionzoo.engine.evaluate import add_eval_parser
+    from visionzoo.engine.train import add_train_parser
+
+    parser = argparse.ArgumentParser()
+    commands = parser.add_subparsers(dest="command")
+    add_train_parser(commands)
+    add_eval_parser(commands)
+    return parser.parse_args(list(argv))

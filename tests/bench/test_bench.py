@@ -672,3 +672,36 @@ def test_checkpoint_of_a_plain_state_dict_needs_the_class_count(tmp_path, capsys
     assert "head.weight: checkpoint (3, 8) vs model (5, 8)" in err and "pass --num-classes N" in err
     assert main(["bench", ZOO_NAME, "vz_other", "--checkpoint", str(checkpoint)]) == 2
     assert "--checkpoint holds one model" in capsys.readouterr().err
+
+
+class TinyPointNet(nn.Module):
+    """A point-cloud classifier standing in for a ``points`` family: (batch, points, xyz) in, logits out."""
+
+    def __init__(self, num_classes: int = 4):
+        super().__init__()
+        self.pretrained_cfg = {"input_size": (64, 3)}
+        self.mlp = nn.Linear(3, WIDTH)
+        self.head = nn.Linear(WIDTH, num_classes)
+
+    seen_shapes: list[tuple[int, ...]] = []  # on the class: the bench runs copies (deploy form, training copy)
+
+    def forward(self, points: torch.Tensor) -> torch.Tensor:
+        if points.dim() != 3 or points.shape[-1] != 3:
+            raise ValueError(f"expected (batch, points, 3), got {tuple(points.shape)}")
+        self.seen_shapes.append(tuple(points.shape))
+        return self.head(self.mlp(points).amax(dim=1))
+
+
+@pytest.mark.parametrize("img_size, points", [(None, 64), (96, 96)])
+def test_a_points_family_is_measured_on_point_clouds(img_size, points):
+    model = TinyPointNet()
+    TinyPointNet.seen_shapes.clear()
+    register_family(Family("benchpoints", (TinyPointNet,), lambda state, m: state, input_kind="points"))
+    try:
+        settings = BenchSettings(batch_size=3, img_size=img_size, channels_last=True, deploy=True,
+                                 schedule=Schedule(warmup=0, iters=1))
+        record = benchmark_model("vz_benchpoints", settings, ScriptedTimer(), build=lambda name: model)
+    finally:
+        unregister_family("benchpoints")
+    assert set(TinyPointNet.seen_shapes) >= {(3, points, 3), (1, points, 3)}
+    assert record["gmacs"] == pytest.approx(points * 3 * WIDTH / 1e9 + WIDTH * 4 / 1e9)

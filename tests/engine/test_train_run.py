@@ -1,5 +1,4 @@
 """Training end to end on real data (scikit-learn's digits): loss, CSV, wandb, eval, resume after SIGKILL, DDP."""
-import argparse
 import json
 import shlex
 import signal
@@ -10,11 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from _training import ENTRY_SCRIPT, ROOT, TEST_MODEL, TINY_OVERRIDES, entry_command, subprocess_env
+from _training import (
+    ENTRY_SCRIPT, ROOT, TEST_MODEL, TINY_OVERRIDES, entry_command, parse_train_cli, subprocess_env,
+)
 from visionzoo.data.digits import make_digits
-from visionzoo.engine.evaluate import add_eval_parser, run_eval
+from visionzoo.engine.evaluate import run_eval
 from visionzoo.engine.logging import SUMMARY_COLUMNS, TIMING_COLUMNS, read_summary
-from visionzoo.engine.train import add_train_parser, run_train
+from visionzoo.engine.train import run_train
 
 
 SMALL_TRAIN, SMALL_VAL = 320, 80  # 40 images of each digit, a fifth of them for validation
@@ -35,14 +36,6 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def _parse(*argv: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    commands = parser.add_subparsers(dest="command")
-    add_train_parser(commands)
-    add_eval_parser(commands)
-    return parser.parse_args(list(argv))
-
-
 @pytest.fixture(scope="module")
 def wandb_run(digits, tmp_path_factory):
     """Three short epochs (30 steps) in this process with --wandb (offline): the run the tests below inspect."""
@@ -54,7 +47,7 @@ def wandb_run(digits, tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        args = _parse(
+        args = parse_train_cli(
             "train", "shvit_s1", *TINY_OVERRIDES, "train.epochs=3", "train.log_every=5", "ema.enabled=true",
             "ema.decay=0.9", "--data-dir", str(digits), "--output", str(out), "--wandb",
         )
@@ -84,7 +77,7 @@ def test_wandb_run_is_written_offline_in_the_run_folder(wandb_run):
 
 def test_eval_reproduces_the_validation_metrics(wandb_run, digits, capsys, one_thread):
     output = wandb_run / "eval.json"
-    args = _parse(
+    args = parse_train_cli(
         "eval", TEST_MODEL, "--checkpoint", str(wandb_run / "last.pth"), "--data-dir", str(digits),
         "--input-size", "32", "--workers", "0", "--output", str(output),
     )
@@ -95,14 +88,14 @@ def test_eval_reproduces_the_validation_metrics(wandb_run, digits, capsys, one_t
     assert results["loss"] == pytest.approx(float(last["val_loss"]))
     assert results["images"] == SMALL_VAL and results["params"] > 0 and results["img_per_s"] > 0
     assert "top-1" in capsys.readouterr().out
-    ema_args = _parse("eval", TEST_MODEL, "--checkpoint", str(wandb_run / "last.pth"), "--data-dir", str(digits),
+    ema_args = parse_train_cli("eval", TEST_MODEL, "--checkpoint", str(wandb_run / "last.pth"), "--data-dir", str(digits),
                       "--input-size", "32", "--workers", "0", "--output", str(output), "--ema")
     run_eval(ema_args)
     assert json.loads(output.read_text())["top1"] == pytest.approx(float(last["ema_top1"]))
 
 
 def test_an_existing_run_is_never_overwritten(wandb_run, digits):
-    args = _parse("train", "shvit_s1", *TINY_OVERRIDES, "--data-dir", str(digits), "--output", str(wandb_run))
+    args = parse_train_cli("train", "shvit_s1", *TINY_OVERRIDES, "--data-dir", str(digits), "--output", str(wandb_run))
     with pytest.raises(ValueError, match="--resume auto"):
         run_train(args)
 
@@ -203,7 +196,7 @@ def test_the_documented_quick_start_ends_with_a_good_best_checkpoint(tmp_path):
 def test_accumulation_bf16_channels_last_and_checkpointing_run_on_the_cpu(tmp_path, one_thread):
     data, out = tmp_path / "data", tmp_path / "run"
     make_digits(data, size=32, max_per_class=8)  # 60 train images: 3 micro-batches of 16
-    args = _parse(
+    args = parse_train_cli(
         "train", "shvit_s1", *TINY_OVERRIDES, "train.batch_size=16", "train.epochs=1",
         "runtime.amp=bf16", "runtime.channels_last=true", "runtime.grad_checkpointing=true",
         "--data-dir", str(data), "--output", str(out),

@@ -1,6 +1,5 @@
 """What a training run must survive: bad checkpoints, kills between writes, a full disk, two runs on one folder,
 wrong data, a diverging loss, changed settings on resume, and the one-line errors of the train/eval commands."""
-import argparse
 import json
 import os
 import shutil
@@ -16,16 +15,16 @@ import pytest
 import torch
 from PIL import Image
 
-from _training import ENTRY_SCRIPT, TEST_MODEL, TINY_OVERRIDES, subprocess_env
+from _training import ENTRY_SCRIPT, TEST_MODEL, TINY_OVERRIDES, parse_train_cli, subprocess_env
 from visionzoo.cli import main as cli_main
 from visionzoo.data.digits import make_digits
 from visionzoo.data.loader import DatasetError, create_folder_dataset, load_rgb
 from visionzoo.engine import checkpoint as checkpoint_module
 from visionzoo.engine.checkpoint import CheckpointWriteError, OutputLock, atomic_save
 from visionzoo.engine.config import ConfigError
-from visionzoo.engine.evaluate import add_eval_parser, run_eval
+from visionzoo.engine.evaluate import run_eval
 from visionzoo.engine.logging import read_summary
-from visionzoo.engine.train import DivergenceError, add_train_parser, run_train
+from visionzoo.engine.train import DivergenceError, run_train
 from visionzoo.models import CheckpointError
 from visionzoo.models._checkpoint import read_checkpoint
 
@@ -33,20 +32,12 @@ from visionzoo.models._checkpoint import read_checkpoint
 SMALL = [*TINY_OVERRIDES, "train.global_batch_size=16", "optim.lr_base_batch=16", "train.epochs=1"]
 
 
-def _parse(*argv: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    commands = parser.add_subparsers(dest="command")
-    add_train_parser(commands)
-    add_eval_parser(commands)
-    return parser.parse_args(list(argv))
-
-
 def _train(data: Path, output: Path, *extra: str) -> int:
-    return run_train(_parse("train", "shvit_s1", *SMALL, *extra, "--data-dir", str(data), "--output", str(output)))
+    return run_train(parse_train_cli("train", "shvit_s1", *SMALL, *extra, "--data-dir", str(data), "--output", str(output)))
 
 
 def _eval(checkpoint: Path, data: Path, *extra: str) -> int:
-    return run_eval(_parse("eval", TEST_MODEL, "--checkpoint", str(checkpoint), "--data-dir", str(data),
+    return run_eval(parse_train_cli("eval", TEST_MODEL, "--checkpoint", str(checkpoint), "--data-dir", str(data),
                            "--input-size", "32", "--workers", "0", *extra))
 
 
@@ -119,7 +110,7 @@ def test_truncated_and_plain_checkpoints_get_clear_resume_errors(digits, trained
 
 def test_resume_with_another_model_or_head_is_refused(digits, trained, tmp_path):
     with pytest.raises(ConfigError, match=r"model.name: 'vz_shvit_s1' -> 'vz_shvit_s2'"):
-        run_train(_parse("train", "shvit_s2", *SMALL, "model.name=vz_shvit_s2", "--data-dir", str(digits),
+        run_train(parse_train_cli("train", "shvit_s2", *SMALL, "model.name=vz_shvit_s2", "--data-dir", str(digits),
                          "--output", str(tmp_path / "s2"), "--resume", str(trained / "last.pth")))
     with pytest.raises(ConfigError, match="train.global_batch_size: 16 -> 32"):
         _train(digits, tmp_path / "b", "train.global_batch_size=32", "--resume", str(trained / "last.pth"))
@@ -251,14 +242,14 @@ def test_class_count_is_taken_from_the_folder_or_a_mismatch_refused(tmp_path, ca
     base = [o for o in SMALL if not o.startswith("model.num_classes")] + ["train.global_batch_size=4",
                                                                           "optim.lr_base_batch=4", "aug.mixup=0",
                                                                           "aug.cutmix=0"]
-    args = _parse("train", "shvit_s1", *base, "--data-dir", str(data), "--output", str(tmp_path / "run"))
+    args = parse_train_cli("train", "shvit_s1", *base, "--data-dir", str(data), "--output", str(tmp_path / "run"))
     assert run_train(args) == 0
     assert "model.num_classes: 3" in capsys.readouterr().out
     assert read_checkpoint(tmp_path / "run" / "last.pth")["config"]["model"]["num_classes"] == 3
     assert "num_classes: 3" in (tmp_path / "run" / "config.yaml").read_text()
     for configured in ("2", "5"):
         with pytest.raises(ConfigError, match=f"model.num_classes={configured} but .* holds 3 class folders"):
-            run_train(_parse("train", "shvit_s1", *base, f"model.num_classes={configured}", "--data-dir", str(data),
+            run_train(parse_train_cli("train", "shvit_s1", *base, f"model.num_classes={configured}", "--data-dir", str(data),
                              "--output", str(tmp_path / configured)))
 
 
@@ -386,7 +377,7 @@ def test_yaml_errors_and_wrong_types_are_one_line_errors(digits, tmp_path, capsy
 
 
 def test_overrides_may_follow_the_options(digits):
-    args = _parse("train", "shvit_s1", "optim.lr=1e-3", "--data-dir", str(digits), "model.num_classes=10",
+    args = parse_train_cli("train", "shvit_s1", "optim.lr=1e-3", "--data-dir", str(digits), "model.num_classes=10",
                   "--output", "x", "train.epochs=2")
     assert args.overrides == ["optim.lr=1e-3", "model.num_classes=10", "train.epochs=2"]
     assert args.data_dir == str(digits) and args.output == "x"

@@ -107,14 +107,21 @@ def card_of(name: str) -> dict | None:
     return variant_card(name) if CARDS_DIR.is_dir() else None
 
 
-def input_size_of(model: nn.Module, img_size: int | None) -> tuple[int, int, int]:
-    channels, height, width = getattr(model, "pretrained_cfg", {}).get("input_size", (3, 224, 224))
-    return (channels, img_size, img_size) if img_size else (channels, height, width)
+def input_size_of(model: nn.Module, img_size: int | None) -> tuple[int, ...]:
+    """One sample's shape from the model's ``pretrained_cfg``: (C, H, W) for an image model, (points, dims) for a
+    point-cloud family; ``img_size`` replaces H and W, or the number of points."""
+    input_size = tuple(getattr(model, "pretrained_cfg", {}).get("input_size", (3, 224, 224)))
+    if not img_size:
+        return input_size
+    return (input_size[0], img_size, img_size) if len(input_size) == 3 else (img_size, *input_size[1:])
 
 
-def make_images(batch_size: int, input_size: tuple[int, int, int], settings: BenchSettings) -> torch.Tensor:
-    images = torch.randn(batch_size, *input_size, device=settings.device)
-    return images.contiguous(memory_format=torch.channels_last) if settings.channels_last else images
+def make_inputs(batch_size: int, input_size: tuple[int, ...], settings: BenchSettings) -> torch.Tensor:
+    """A random batch of ``input_size`` samples; image batches are NHWC under ``--channels-last``."""
+    inputs = torch.randn(batch_size, *input_size, device=settings.device)
+    if settings.channels_last and inputs.dim() == 4:
+        return inputs.contiguous(memory_format=torch.channels_last)
+    return inputs
 
 
 def deploy_form(model: nn.Module, settings: BenchSettings) -> nn.Module:
@@ -126,7 +133,7 @@ def deploy_form(model: nn.Module, settings: BenchSettings) -> nn.Module:
     if settings.device == "cpu" and settings.runtime == "torch" and not settings.compile:
         if settings.channels_last:  # tuned in the layout it will be timed in
             deployed = deployed.to(memory_format=torch.channels_last)
-        images = make_images(settings.batch_size, input_size_of(deployed, settings.img_size), settings)
+        images = make_inputs(settings.batch_size, input_size_of(deployed, settings.img_size), settings)
         with autocast_for(settings.device, settings.dtype):
             tune_stage_chunks(deployed, images)
     return deployed
@@ -180,9 +187,9 @@ def ops_backends_of(model: nn.Module, settings: BenchSettings, input_size: tuple
 
     backends = ops_backends_for(FORMATS[EXPORT_FORMAT[settings.runtime]]) if settings.runtime in EXPORT_FORMAT \
         else contextlib.nullcontext()
-    images = make_images(1, input_size, settings)
+    inputs = make_inputs(1, input_size, settings)
     with record_backends() as ran, backends, torch.inference_mode(), autocast_for(settings.device, settings.dtype):
-        model(images)
+        model(inputs)
     return ran
 
 
@@ -209,12 +216,12 @@ def benchmark_model(name: str, settings: BenchSettings, timer: Timer,
     infer = get_runtime(settings.runtime)(inference_model, settings, [batch_shape, single_shape])
 
     on_phase("memory")
-    batch = make_images(settings.batch_size, input_size, settings)
+    batch = make_inputs(settings.batch_size, input_size, settings)
     memory = {"infer": _measure_peak_memory(lambda: infer(batch), settings)}
     on_phase("throughput")
     infer_result = _throughput(settings.batch_size, measure(lambda: infer(batch), timer, settings.schedule))
     on_phase("latency")
-    single = make_images(1, input_size, settings)
+    single = make_inputs(1, input_size, settings)
     latency_stats = summarize(measure(lambda: infer(single), timer, settings.schedule))
     latency = {"median_ms": latency_stats["median_s"] * 1e3, "p90_ms": latency_stats["p90_s"] * 1e3,
                "timing": latency_stats}

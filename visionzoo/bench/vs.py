@@ -15,7 +15,7 @@ import timm
 import torch
 from torch import nn
 
-from visionzoo.bench.runner import BenchSettings, deploy_form, input_size_of, make_images
+from visionzoo.bench.runner import BenchSettings, deploy_form, input_size_of, make_inputs
 from visionzoo.bench.runtimes import get_runtime
 from visionzoo.bench.timing import Schedule, Timer, measure_alternating, quantile, summarize
 from visionzoo.models._registry import example_input, family_of
@@ -131,8 +131,8 @@ def time_side_by_side(zoo_model: nn.Module, other_model: nn.Module, settings: Be
     runtime = get_runtime(settings.runtime)
     infer_zoo = runtime(deploy_form(zoo_model, settings), settings, [(settings.batch_size, *zoo_input_size)])
     infer_other = runtime(deploy_form(other_model, settings), settings, [(settings.batch_size, *other_input_size)])
-    zoo_batch = make_images(settings.batch_size, zoo_input_size, settings)
-    other_batch = make_images(settings.batch_size, other_input_size, settings)
+    zoo_batch = make_inputs(settings.batch_size, zoo_input_size, settings)
+    other_batch = make_inputs(settings.batch_size, other_input_size, settings)
     zoo_times, other_times = measure_alternating(lambda: infer_zoo(zoo_batch), lambda: infer_other(other_batch),
                                                  timer, check_vs_schedule(settings.schedule))
     return summarize_pair(zoo_times, other_times, settings.batch_size)

@@ -25,7 +25,7 @@ import torch
 from timm.models import get_pretrained_cfg
 from torch import nn
 
-from visionzoo.models._cards import CardError, load_cards
+from visionzoo.models._cards import CardError, load_cards, variant_card
 from visionzoo.models._checkpoint import CheckpointError, load_checkpoint, load_state_dict
 
 # timm's hub copies are loaded as model.safetensors, else as pytorch_model.bin (timm's _hub.load_state_dict_from_hf).
@@ -158,25 +158,25 @@ def hf_repo_dir(repo_id: str) -> Path:
 def weight_source(name: str) -> WeightSource:
     """The source of a pretrained name, ``vz_model.tag`` or ``vz_model`` (its default tag)."""
     variant, _, tag = name.partition(".")
-    for card in load_cards().values():
-        entry = card["variants"].get(variant)
-        if entry is None:
-            continue
-        weights = entry.get("weights") or []
-        if not weights:
-            raise PretrainedWeightsError(
-                f"{variant} has no published weights: {entry.get('weights_note', 'its card lists none')}"
+    entry = variant_card(variant)
+    if entry is None:
+        raise PretrainedWeightsError(
+            f"{name!r} is not a zoo model with a model card; `visionzoo weights list` shows them"
+        )
+    weights = entry.get("weights") or []
+    if not weights:
+        raise PretrainedWeightsError(
+            f"{variant} has no published weights: {entry.get('weights_note', 'its card lists none')}"
+        )
+    for item in weights:
+        if not tag or item["tag"] == tag:
+            return WeightSource(
+                name=f"{variant}.{item['tag']}", source=item["source"], license=item["license"],
+                top1=item["top1"], hf_hub_id=item.get("hf_hub_id"), hf_hub_filename=item.get("hf_hub_filename"),
+                url=item.get("url"),
             )
-        for item in weights:
-            if not tag or item["tag"] == tag:
-                return WeightSource(
-                    name=f"{variant}.{item['tag']}", source=item["source"], license=item["license"],
-                    top1=item["top1"], hf_hub_id=item.get("hf_hub_id"), hf_hub_filename=item.get("hf_hub_filename"),
-                    url=item.get("url"),
-                )
-        tags = ", ".join(f"{variant}.{item['tag']}" for item in weights)
-        raise PretrainedWeightsError(f"{variant} has no pretrained tag {tag!r}; its tags: {tags}")
-    raise PretrainedWeightsError(f"{name!r} is not a zoo model with a model card; `visionzoo weights list` shows them")
+    tags = ", ".join(f"{variant}.{item['tag']}" for item in weights)
+    raise PretrainedWeightsError(f"{variant} has no pretrained tag {tag!r}; its tags: {tags}")
 
 
 def list_weight_sources() -> list[WeightSource]:
@@ -297,19 +297,17 @@ SOURCE_LABELS = {"timm": "timm hub", "official": "authors"}
 
 def weights_summary(variant: str) -> str:
     """One line for tables: the published tags of ``variant`` and where they come from, or ``none``."""
-    for card in load_cards().values():
-        entry = card["variants"].get(variant)
-        if entry is None:
-            continue
-        weights = entry.get("weights") or []
-        if not weights:
-            return "none"
-        hosts = []
-        for item in weights:
-            host = SOURCE_LABELS[item["source"]]
-            if item["source"] == "official":
-                host += ", HF hub" if item.get("hf_hub_id") else ", GitHub release"
-            hosts.append(host)
-        tags = ", ".join(f"`{item['tag']}`" for item in weights)
-        return f"{tags} ({' / '.join(dict.fromkeys(hosts))})"
-    return "-"
+    entry = variant_card(variant)
+    if entry is None:
+        return "-"
+    weights = entry.get("weights") or []
+    if not weights:
+        return "none"
+    hosts = []
+    for item in weights:
+        host = SOURCE_LABELS[item["source"]]
+        if item["source"] == "official":
+            host += ", HF hub" if item.get("hf_hub_id") else ", GitHub release"
+        hosts.append(host)
+    tags = ", ".join(f"`{item['tag']}`" for item in weights)
+    return f"{tags} ({' / '.join(dict.fromkeys(hosts))})"
