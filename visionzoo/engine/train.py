@@ -45,6 +45,7 @@ from visionzoo.engine.checkpoint import (
     set_rng_state,
 )
 from visionzoo.engine.config import DEFAULTS, ConfigError, derive, load_config, save_config
+from visionzoo.engine.cpu_bf16 import conv_guard
 from visionzoo.engine.distributed import (
     DistInfo,
     all_gather_objects,
@@ -513,7 +514,7 @@ class Trainer:
                     images = images.contiguous(memory_format=torch.channels_last)
                 # Only the last micro-batch of a step all-reduces gradients across ranks.
                 sync = micro == accum - 1 or self.ddp is None
-                with (contextlib.nullcontext() if sync else self.ddp.no_sync()):
+                with (contextlib.nullcontext() if sync else self.ddp.no_sync()), conv_guard(info.device, self.amp):
                     with autocast_for(info.device, self.amp):
                         loss = self.train_loss_fn(self.train_model(images), targets)
                     self.scaler.scale(loss / accum).backward()
