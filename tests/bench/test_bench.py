@@ -20,7 +20,7 @@ from torch import nn
 from visionzoo.bench import report
 from visionzoo.bench.cli import add_bench_parser, default_model_set
 from visionzoo.bench.flops import count_macs, count_params, count_train_macs
-from visionzoo.bench.machine import measure_matmul_peak
+from visionzoo.bench.machine import _gemm_calls, measure_matmul_peak
 from visionzoo.bench.memory import peak_memory_mb
 from visionzoo.bench.runner import BenchArgumentError, BenchSettings, benchmark_model, deploy_form, train_step_fn
 from visionzoo.bench.runtimes import torch_runtime
@@ -184,6 +184,33 @@ def test_matmul_peak_is_a_positive_figure():
     peak = measure_matmul_peak(torch.device("cpu"), torch.float32, WallTimer(), Schedule(warmup=1, iters=2), size=64)
     assert peak["gflops"] > 0 and peak["gflops_best"] >= peak["gflops"]
     assert peak["matmul_size"] == 64 and peak["dtype"] == "float32"
+    assert peak["gflops"] == max(peak["kernels_gflops"].values())
+
+
+@pytest.mark.parametrize("size", [64, 96, 2 * 7])
+def test_each_peak_kernel_computes_the_same_gemm(size):
+    results = {name: call().reshape(size, size) if name == "matmul" else call().permute(0, 2, 3, 1).reshape(size, size)
+               for name, call in _gemm_calls(size, torch.device("cpu"), torch.float64).items()}
+    assert set(results) == {"matmul", "conv1x1"}
+    torch.testing.assert_close(results["conv1x1"], results["matmul"])
+
+
+class SlowMatmulTimer(ScriptedTimer):
+    """The BLAS matmul takes twice as long as the oneDNN conv, as MKL's sgemm does on AMD CPUs."""
+
+    def time_call(self, fn) -> float:
+        return super().time_call(fn) * (2 if "mm" in fn.__code__.co_names else 1)
+
+
+def test_peak_is_the_faster_gemm_library_and_the_header_names_both():
+    peak = measure_matmul_peak(torch.device("cpu"), torch.float32, SlowMatmulTimer(seconds=1e-9),
+                               Schedule(warmup=0, iters=3), size=32)
+    assert peak["kernel"] == "conv1x1" and peak["gflops"] == pytest.approx(2 * 32**3 / 1e-9 / 1e9)
+    assert peak["kernels_gflops"]["matmul"] == pytest.approx(peak["gflops"] / 2)
+    doc = run_suite([ZOO_NAME], TINY, timer=ScriptedTimer(), matmul_size=16, progress=False)
+    doc["peak"].update(kernel=peak["kernel"], kernels_gflops=peak["kernels_gflops"])
+    line = report.header_lines(doc)[2]
+    assert "GEMM as a 1x1 convolution over a channels-last map (oneDNN)" in line and "torch.mm 32768.0" in line
 
 
 def test_macs_count_conv_linear_and_cpu_sdpa():
@@ -256,7 +283,7 @@ class LoadedAtStartTimer(ScriptedTimer):
 
 
 def test_efficiency_divides_by_the_higher_of_the_peaks_measured_before_and_after_the_models(tiny_card):
-    timer = LoadedAtStartTimer(slow_calls=10)  # the whole first peak measurement, nothing else
+    timer = LoadedAtStartTimer(slow_calls=20)  # the whole first peak measurement (matmul and 1x1 conv), nothing else
     doc = run_suite([ZOO_NAME], TINY, timer=timer, matmul_size=32, progress=False)
     quiet_gflops = 2 * 32**3 / 0.5e-6 / 1e9
     assert doc["peak"]["at_start_gflops"] == pytest.approx(quiet_gflops / 2)

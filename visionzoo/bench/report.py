@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from visionzoo._markers import MarkerError, replace_marked_block
+from visionzoo.bench.machine import GEMM_KERNELS
 from visionzoo.bench.runner import BenchArgumentError
 from visionzoo.bench.suite import SCHEMA
 
@@ -155,7 +156,7 @@ def header_lines(doc: dict) -> list[str]:
         f"Settings: {settings['dtype']}, batch {settings['batch_size']}, {size}, runtime {settings['runtime']}"
         f"{', ' + ', '.join(flags) if flags else ''}; {settings['warmup']} warm-up call(s), {timing}; "
         "medians, ± = (p90 − p10) / median.",
-        f"Peak: {peak['gflops']:.1f} GFLOP/s ({peak['dtype']} {peak['matmul_size']}² matmul, "
+        f"Peak: {peak['gflops']:.1f} GFLOP/s ({peak['dtype']} {peak['matmul_size']}² {_peak_kernel(peak)}, "
         f"median{_peak_source(peak)}); efficiency = model GFLOP/s (2 × MACs × img/s) / peak.",
         f"MACs: {doc['notes']['macs']}",
         *([_vs_note(doc)] if compared else []),
@@ -186,6 +187,14 @@ def _ops_backend_lines(doc: dict) -> list[str]:
     choice = doc["settings"].get("ops_backend", "auto")
     return [f"Ops backends ({'auto: the fastest that applies' if choice == 'auto' else f'forced: {choice}'}): "
             + "; ".join(f"{op} {', '.join(backends)}" for op, backends in sorted(ran.items())) + "."]
+
+
+def _peak_kernel(peak: dict) -> str:
+    kernels = peak.get("kernels_gflops")
+    if not kernels or len(kernels) < 2:  # results written before the peak compared GEMM libraries, or a GPU run
+        return "matmul"
+    others = ", ".join(f"{GEMM_KERNELS[name]} {gflops:.1f}" for name, gflops in kernels.items() if name != peak["kernel"])
+    return f"GEMM as {GEMM_KERNELS[peak['kernel']]}, the faster of the libraries the layers use (also timed: {others})"
 
 
 def _peak_source(peak: dict) -> str:
