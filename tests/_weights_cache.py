@@ -97,3 +97,12 @@ def official_reference(name: str, official: dict[str, torch.Tensor]) -> torch.nn
     """Our model loaded with the official weights through the family's converter."""
     model = timm.create_model(name)
     return load_checkpoint(model, {"model": official}, filter_fn=family_of(name).checkpoint_filter_fn).eval()
+
+
+def assert_same_logits(model: torch.nn.Module, reference: torch.nn.Module, size: int, batch: int = 1,
+                       exact: bool = False) -> None:
+    """Both models give the same logits on one random batch (bit for bit when ``exact``)."""
+    x = torch.randn(batch, 3, size, size)
+    tolerance = 0 if exact else 1e-4
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference(x), rtol=tolerance, atol=tolerance)

@@ -28,14 +28,6 @@ def digits(tmp_path_factory) -> Path:
     return out
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def wandb_run(digits, tmp_path_factory):
     """Three short epochs (30 steps) in this process with --wandb (offline): the run the tests below inspect."""

@@ -41,12 +41,7 @@ def _eval(checkpoint: Path, data: Path, *extra: str) -> int:
                            "--input-size", "32", "--workers", "0", *extra))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

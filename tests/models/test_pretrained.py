@@ -7,6 +7,7 @@ import timm
 import torch
 
 from _weights_cache import (
+    assert_same_logits,
     cache_timm_copy, hf_snapshot, offline, official_reference, official_state_dict, torch_hub_file,  # noqa: F401
 )
 from visionzoo.models._cards import CardError, load_cards
@@ -26,9 +27,7 @@ def test_timm_hub_copy_gives_timms_logits(offline, name, timm_name, tag, size):
     reference = cache_timm_copy(timm_name, tag)
     model = timm.create_model(name, pretrained=True).eval()
     assert model.pretrained_cfg["hf_hub_id"] == f"timm/{timm_name}.{tag}"
-    x = torch.randn(2, 3, size, size)
-    with torch.no_grad():
-        torch.testing.assert_close(model(x), reference(x), rtol=1e-4, atol=1e-4)
+    assert_same_logits(model, reference, size, batch=2)
 
 
 @pytest.mark.parametrize("name", ["vz_transnext_micro", "vz_litv2_small"])
@@ -40,9 +39,7 @@ def test_authors_release_gives_the_converted_official_logits(offline, name):
     torch.save({"model": official, "epoch": 299, "max_accuracy": 82.0}, path)
     model = timm.create_model(name, pretrained=True).eval()
     reference = official_reference(name, official)
-    x = torch.randn(1, 3, 64, 64)
-    with torch.no_grad():
-        torch.testing.assert_close(model(x), reference(x), rtol=0, atol=0)
+    assert_same_logits(model, reference, 64, exact=True)
 
 
 def test_each_tag_loads_its_own_file(offline):

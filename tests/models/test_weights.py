@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import save_file
 
 from _weights_cache import (
+    assert_same_logits,
     hf_snapshot, offline, official_reference, official_state_dict, perturbed, torch_hub_file,  # noqa: F401
 )
 from visionzoo.cli import main
@@ -36,9 +37,7 @@ def test_import_places_timms_copy_where_pretrained_finds_it(offline):
     assert target.name == "model.safetensors" and target.read_bytes() == path.read_bytes()
     assert "models--timm--shvit_s1.in1k" in str(target)
     model = timm.create_model("vz_shvit_s1", pretrained=True).eval()
-    x = torch.randn(1, 3, 96, 96)
-    with torch.no_grad():
-        torch.testing.assert_close(model(x), reference(x), rtol=1e-4, atol=1e-4)
+    assert_same_logits(model, reference, 96)
 
 
 def test_import_places_the_authors_release_file(offline):
@@ -48,9 +47,7 @@ def test_import_places_the_authors_release_file(offline):
     target = import_weights("vz_litv2_small.in1k", path)
     assert target == torch_hub_file("https://github.com/ziplab/LITv2/releases/download/v1.0/litv2_s.pth")
     model = timm.create_model("vz_litv2_small", pretrained=True).eval()
-    x = torch.randn(1, 3, 64, 64)
-    with torch.no_grad():
-        torch.testing.assert_close(model(x), official_reference("vz_litv2_small", official)(x), rtol=0, atol=0)
+    assert_same_logits(model, official_reference("vz_litv2_small", official), 64, exact=True)
 
 
 class _Payload:
@@ -108,9 +105,7 @@ def test_cli_import_and_list(offline, capsys):
 def test_timm_checkpoint_path_converts_timms_layout(offline):
     path, reference = _timm_file(offline)
     model = timm.create_model("vz_shvit_s1", checkpoint_path=str(path)).eval()
-    x = torch.randn(1, 3, 96, 96)
-    with torch.no_grad():
-        torch.testing.assert_close(model(x), reference(x), rtol=1e-4, atol=1e-4)
+    assert_same_logits(model, reference, 96)
 
 
 def test_plain_load_state_dict_converts_the_official_layout(tmp_path):
@@ -119,18 +114,14 @@ def test_plain_load_state_dict_converts_the_official_layout(tmp_path):
     torch.save({"model": official}, path)
     model = timm.create_model("vz_transnext_micro").eval()
     model.load_state_dict(torch.load(path, weights_only=True)["model"])
-    x = torch.randn(1, 3, 64, 64)
-    with torch.no_grad():
-        torch.testing.assert_close(model(x), official_reference("vz_transnext_micro", official)(x), rtol=0, atol=0)
+    assert_same_logits(model, official_reference("vz_transnext_micro", official), 64, exact=True)
 
 
 def test_model_built_from_its_class_converts_timms_layout():
     timm_model = timm.create_model("shvit_s1").eval()
     model = type(timm.create_model("vz_shvit_s1"))().eval()  # the class itself, no entrypoint or factory involved
     model.load_state_dict(timm_model.state_dict())
-    x = torch.randn(1, 3, 96, 96)
-    with torch.no_grad():
-        torch.testing.assert_close(model(x), timm_model(x), rtol=1e-4, atol=1e-4)
+    assert_same_logits(model, timm_model, 96)
 
 
 def test_plain_load_state_dict_of_another_family_says_what_it_found():
