@@ -12,8 +12,8 @@ and ``scale=None`` means (d/h)^-½. The paper publishes no code; the reduction's
 
 The op takes the normalised channels-first map x (B, C, H, W), the projections' (out, in) weights and biases,
 the reduction's depthwise weight (C, 1, r, r) and bias and, optionally, the reduction's BatchNorm tensors
-(applied with ``F.batch_norm``, so its statistics update in training exactly as a module's would; a deploy
-model folds it into the conv and passes none). It returns the per-head outputs, heads concatenated, as a
+(with ``norm_training`` batch statistics and an in-place update of the running ones, exactly as the module's
+own forward would; otherwise an affine map; a deploy model folds it into the conv and passes none). It returns the per-head outputs, heads concatenated, as a
 (B, C_v, H, W) map before the output projection.
 
 **Sizes.** A side not divisible by r (including one shorter than r) is zero-padded on the bottom/right up to
