@@ -9,8 +9,8 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PYTHON=${PYTHON:-$([ -x "$ROOT/.venv/bin/python" ] && echo "$ROOT/.venv/bin/python" || echo python3)}
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 OUT=${OUT:-output/s2aformer-speed}
-RESULTS=${RESULTS:-$ROOT/results/bench_cpu_s2aformer_vs_b16.json}
-SETTINGS=(--batch-size 16 --img-size 224 --deploy --no-train --time-budget 8 --no-progress)
+RESULTS=${RESULTS:-$ROOT/results/bench_cpu_s2aformer_vs_b8.json}
+SETTINGS=(--batch-size 8 --img-size 224 --deploy --no-train --time-budget 6 --no-progress)
 # zoo model, baseline: timm models of similar MACs at 224 (ours 0.43 / 0.65 / 1.38 GMACs).
 PAIRS=(
   "vz_s2aformer_mini efficientvit_m4"
