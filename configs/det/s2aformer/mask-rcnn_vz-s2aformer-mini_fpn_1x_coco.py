@@ -1,0 +1,7 @@
+# S2AFormer-mini (reconstruction) Mask R-CNN 1x (paper: box AP 33.4, mask AP 31.7, second-hand): mmdetection
+# 1x, AdamW lr 1e-4, wd 0.05, batch 16, single scale 1333x800; the zoo reproduction protocol (spec §7): the paper's detection settings are unverified.
+_base_ = ['../_base_/mask-rcnn_vz_fpn_1x_coco.py']
+model = dict(
+    backbone=dict(model_name='vz_s2aformer_mini'),
+    neck=dict(in_channels=[24, 48, 128, 512]),
+)
