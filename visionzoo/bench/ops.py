@@ -79,9 +79,12 @@ def capture_calls(names: list[str], settings: BenchSettings,
 
 def _detached(values):
     # Inference tensors cannot be saved by a later compile or autograd: plain clones replay the same call.
+    def copy(value):
+        return value.clone() if isinstance(value, torch.Tensor) else value
+
     if isinstance(values, dict):
-        return {key: _detached(value) for key, value in values.items()}
-    return tuple(v.clone() if isinstance(v, torch.Tensor) else v for v in values)
+        return {key: copy(value) for key, value in values.items()}
+    return tuple(copy(value) for value in values)
 
 
 def reference_flops(call: OpCall) -> int:

@@ -153,3 +153,28 @@ def _window_attention_flex(x, qkv_weight, qkv_bias, window_size, num_heads, scal
     mask = cached_block_mask(window_mask_mod, (width, *window_size), height * width, height * width, x.device)
     out = flex_attention(q, k, v, block_mask=mask, scale=scale)
     return out.transpose(1, 2).reshape(batch, height, width, num_heads * head_dim)
+
+
+# One program holds a window's logits (tokens²) and q, k, v (tokens × head_dim) in registers.
+TRITON_MAX_TOKENS = 256
+TRITON_MAX_HEAD_DIM = 128
+
+
+def _triton_supports(x, qkv_weight, qkv_bias, window_size, num_heads, scale=None) -> bool:
+    head_dim = qkv_weight.shape[0] // (3 * num_heads) if num_heads else 0
+    recorded = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, qkv_weight, qkv_bias))
+    return (not recorded and x.dtype in (torch.float32, torch.float16, torch.bfloat16)
+            and window_size[0] * window_size[1] <= TRITON_MAX_TOKENS and 0 < head_dim <= TRITON_MAX_HEAD_DIM)
+
+
+@window_attention.register("triton", priority=20, devices=("cuda",), requires=("triton",), portable=False,
+                           differentiable=False, supports=_triton_supports)
+def _window_attention_triton(x, qkv_weight, qkv_bias, window_size, num_heads, scale=None):
+    """The projection by the BLAS, then one fused kernel for partition, attention and merge (inference only)."""
+    from visionzoo.ops.triton.window_attention import window_attention as fused_window_attention
+
+    _check_projection(x, qkv_weight, num_heads)
+    _check_window_grid(x.shape[1], x.shape[2], window_size)
+    head_dim = qkv_weight.shape[0] // (3 * num_heads)
+    qkv = F.linear(x, qkv_weight, qkv_bias)
+    return fused_window_attention(qkv, *window_size, num_heads, head_dim**-0.5 if scale is None else scale)
