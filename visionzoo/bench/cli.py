@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from visionzoo.bench.machine import machine_info, pin_threads
-from visionzoo.bench.ops import bench_ops, format_ops_table
+from visionzoo.bench.ops import bench_ops, format_ops_table, ops_markdown
 from visionzoo.bench.report import (
     ResultsFormatError, check_output_dir, format_console, render_readme, write_outputs,
 )
@@ -172,8 +172,7 @@ def _run_ops(names: list[str], settings: BenchSettings, build: Callable[[str], n
     doc = {"command": command, "machine": machine_info(torch.device(settings.device)),
            "settings": settings.as_dict(), "rows": rows}
     (args.output_dir / "ops.json").write_text(json.dumps(doc, indent=1) + "\n")
-    (args.output_dir / "ops.md").write_text(
-        f"# visionzoo bench --ops\n\n`{command}`\n\n" + format_ops_table(rows, markdown=True) + "\n")
+    (args.output_dir / "ops.md").write_text(ops_markdown(doc))
     print(f"\nwrote {args.output_dir / 'ops.json'}, {args.output_dir / 'ops.md'}")
     return 1 if all("error" in row["eager"] for row in rows if row["backend"] == "reference") and rows else 0
 

@@ -177,3 +177,17 @@ def format_ops_table(rows: list[dict], markdown: bool = False) -> str:
         return "\n".join(table + ["| " + " | ".join(cells) + " |" for cells in lines])
     widths = [max(len(str(c)) for c in column) for column in zip(header, *lines)]
     return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(cells, widths)) for cells in [header, *lines])
+
+
+def ops_markdown(doc: dict) -> str:
+    """The page ``bench --ops`` writes: its command, the machine and schedule, then the table."""
+    machine, settings = doc["machine"], doc["settings"]
+    timed = f"{settings['iters']} timed calls" if settings["iters"] else f"{settings['time_budget_s']} s of calls"
+    return (
+        f"# visionzoo bench --ops\n\n`{doc['command']}`\n\n"
+        f"{machine['device_name']} ({machine.get('cpu_capability') or machine['device']}), "
+        f"{machine['torch_threads']} torch thread(s), torch {machine['torch']}, {machine['date_utc'][:16]} UTC; "
+        f"medians of {timed} after {settings['warmup']} warm-up, {settings['dtype']}, batch {settings['batch_size']}. "
+        "GFLOP: the reference's (what the op computes); n/a: the backend refused the call or failed, the reason "
+        "in the speedup column (ops.json has it whole).\n\n" + format_ops_table(doc["rows"], markdown=True) + "\n"
+    )
