@@ -7,14 +7,18 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import shlex
 import sys
 from pathlib import Path
 from typing import Callable
 
 import timm
+import torch
 from torch import nn
 
+from visionzoo.bench.machine import machine_info, pin_threads
+from visionzoo.bench.ops import bench_ops, format_ops_table, ops_markdown
 from visionzoo.bench.report import (
     ResultsFormatError, check_output_dir, format_console, render_readme, write_outputs,
 )
@@ -109,6 +113,10 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     parser.add_argument("--ops-backend", metavar="NAME",
                         help="run every op on this backend where it has it (e.g. reference, sdpa; default: auto, the "
                              "fastest that applies, or VZ_OPS_BACKEND); bench.json records what each op ran")
+    parser.add_argument("--ops", action="store_true",
+                        help="instead of whole models, time every (op, backend) pair on the op calls the named models "
+                             "make (eager, and compiled with --compile): ms, GFLOP/s and speedup over the reference, "
+                             "written to ops.json and ops.md")
     parser.add_argument("--matmul-size", type=int, help="size of the square matmul that measures the peak")
     parser.add_argument("--output-dir", type=Path, default=DEFAULT_OUTPUT_DIR,
                         help=f"where bench.json/.csv/.md/.png go (default: {DEFAULT_OUTPUT_DIR})")
@@ -153,6 +161,22 @@ def _invocation(argv: list[str] | None) -> str:
     return shlex.join(["visionzoo", *(argv if argv is not None else sys.argv[1:])])
 
 
+def _run_ops(names: list[str], settings: BenchSettings, build: Callable[[str], nn.Module],
+             args: argparse.Namespace, command: str) -> int:
+    pin_threads(args.threads)
+    progress = None if args.no_progress else (lambda label: print(f"timing {label}", file=sys.stderr))
+    rows = bench_ops(names, settings, build, **({"on_pair": progress} if progress else {}))
+    table = format_ops_table(rows)
+    print(table)
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    doc = {"command": command, "machine": machine_info(torch.device(settings.device)),
+           "settings": settings.as_dict(), "rows": rows}
+    (args.output_dir / "ops.json").write_text(json.dumps(doc, indent=1) + "\n")
+    (args.output_dir / "ops.md").write_text(ops_markdown(doc))
+    print(f"\nwrote {args.output_dir / 'ops.json'}, {args.output_dir / 'ops.md'}")
+    return 1 if all("error" in row["eager"] for row in rows if row["backend"] == "reference") and rows else 0
+
+
 def run_bench(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     """Run the benchmark described by parsed ``args``; errors in the arguments exit with status 2 and a message."""
     try:
@@ -192,6 +216,8 @@ def run_bench(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     except (BenchArgumentError, UnknownModelError, ResultsFormatError, ValueError) as error:
         print(f"visionzoo bench: error: {error}", file=sys.stderr)
         return 2
+    if args.ops:
+        return _run_ops(names, settings, build, args, _invocation(argv))
     doc = run_suite(names, settings, vs=vs, threads=args.threads, build=build, build_other=build_other,
                     matmul_size=args.matmul_size, progress=not args.no_progress, command=_invocation(argv))
     print(format_console(doc))

@@ -35,6 +35,7 @@ from visionzoo.ops._dispatch import (
     list_ops,
     portable_only,
     record_backends,
+    record_calls,
     trace_leaf,
     use_backend,
 )
@@ -58,6 +59,7 @@ __all__ = [
     "list_ops",
     "portable_only",
     "record_backends",
+    "record_calls",
     "trace_leaf",
     "use_backend",
     "scaled_dot_product_attention",

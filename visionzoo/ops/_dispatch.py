@@ -9,7 +9,8 @@ otherwise the reference.
 
 The choice can be forced per call (``backend=``), per block (``with use_backend('reference')``) or per process
 (``VZ_OPS_BACKEND``). ``with portable_only():`` restricts auto mode to portable backends, which is how export
-asks for them, and ``with record_backends() as ran:`` notes which backend each op ran (bench reports it).
+asks for them, ``with record_backends() as ran:`` notes which backend each op ran (bench reports it), and
+``with record_calls() as calls:`` keeps every eager call's arguments (``bench --ops`` replays them per backend).
 
 Ops are FX leaves: under ``torch.fx.symbolic_trace`` (and timm's or torchvision's feature extractors) an op call
 becomes one ``call_function`` node, so the dispatcher's Python checks stay out of the traced graph and run when
@@ -35,6 +36,7 @@ ENV_VARIABLE = "VZ_OPS_BACKEND"
 _forced_backend: ContextVar[str | None] = ContextVar("vz_forced_backend", default=None)
 _portable_only: ContextVar[bool] = ContextVar("vz_portable_only", default=False)
 _recorder: ContextVar[dict[str, list[str]] | None] = ContextVar("vz_backend_recorder", default=None)
+_call_recorder: ContextVar[list[tuple[str, tuple, dict]] | None] = ContextVar("vz_call_recorder", default=None)
 _OPS: dict[str, "Op"] = {}
 
 
@@ -252,6 +254,9 @@ class Op:
                 kwargs = {**kwargs, "backend": backend}
             return proxy.tracer.create_proxy("call_function", self, args, kwargs)
         name, fn = self._choose(args, kwargs, backend)
+        calls = _call_recorder.get()
+        if calls is not None and not torch.compiler.is_compiling():
+            calls.append((self.name, args, kwargs))
         ran = _recorder.get()
         if ran is not None and not torch.compiler.is_compiling():
             names = ran.setdefault(self.name, [])
@@ -324,3 +329,15 @@ def record_backends() -> Iterator[dict[str, list[str]]]:
         yield ran
     finally:
         _recorder.reset(token)
+
+
+@contextlib.contextmanager
+def record_calls() -> Iterator[list[tuple[str, tuple, dict]]]:
+    """Collect ``(op name, args, kwargs)`` of every eager op call inside the block, in call order (the tensors
+    themselves, not copies: run the block under ``torch.no_grad()`` or ``inference_mode`` to keep it cheap)."""
+    calls: list[tuple[str, tuple, dict]] = []
+    token = _call_recorder.set(calls)
+    try:
+        yield calls
+    finally:
+        _call_recorder.reset(token)

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from visionzoo.ops._dispatch import Op, Sample, seeded_randn, trace_leaf
+from visionzoo.ops._flex import FLEX_DEVICES, cached_block_mask, flex_attention, flex_is_fused
 
 
 @trace_leaf
@@ -190,3 +191,57 @@ def _aggregated_attention_shifted(q, k, v, k_pool, v_pool, local_bias, pool_bias
     for slot, (dy, dx) in enumerate(shifts):
         out = out + local_weights[..., slot:slot + 1] * v_padded[:, :, dy:dy + height, dx:dx + width]
     return out.reshape(batch, heads, tokens, head_dim)
+
+
+def _aggregated_mask_mod(height: int, width: int, window_size: int):
+    """Keys 0 … H·W − 1 are the map (a query sees its k×k neighbours), the rest are pooled (seen by every query)."""
+    tokens, radius = height * width, window_size // 2
+
+    def neighbour_or_pooled(batch, head, query, key):
+        near_rows = (query // width - key // width).abs() <= radius
+        near_cols = (query % width - key % width).abs() <= radius
+        return (key >= tokens) | (near_rows & near_cols)
+
+    return neighbour_or_pooled
+
+
+def _flex_supports(q, k, v, k_pool, v_pool, local_bias, pool_bias, value_bias, size) -> bool:
+    return flex_is_fused(q, k, v, k_pool, v_pool, local_bias, pool_bias, value_bias)
+
+
+@aggregated_attention.register("flex", priority=5, devices=FLEX_DEVICES, portable=False, differentiable=False,
+                               supports=_flex_supports)
+def _aggregated_attention_flex(q, k, v, k_pool, v_pool, local_bias, pool_bias, value_bias, size):
+    """The joint softmax as one flex call over [map | pooled] keys: a block mask keeps each query's k×k
+    neighbourhood and every pooled key, and a score modifier adds the window-slot or pooled position bias.
+
+    The dynamic value bias is added to the softmax weights after normalisation, outside what flex computes, so
+    its term Σ_slot bias · v_neighbour joins afterwards from k² shifted views of one zero-padded copy of v.
+    """
+    batch, heads, tokens, head_dim = q.shape
+    height, width = size
+    window_size = _window_size(local_bias)
+    radius = window_size // 2
+    pool_len = k_pool.shape[2]
+    pool_bias = pool_bias.expand(batch, heads, tokens, pool_len)
+
+    def add_position_bias(score, b, h, query, key):
+        slot = (key // width - query // width + radius) * window_size + key % width - query % width + radius
+        local = local_bias[h, slot.clamp(0, window_size * window_size - 1)]
+        pooled = pool_bias[b, h, query, (key - tokens).clamp(0, pool_len - 1)]
+        return score + torch.where(key < tokens, local, pooled)
+
+    mask = cached_block_mask(_aggregated_mask_mod, (height, width, window_size), tokens, tokens + pool_len,
+                             q.device)
+    out = flex_attention(q, torch.cat([k, k_pool], dim=2), torch.cat([v, v_pool], dim=2),
+                         score_mod=add_position_bias, block_mask=mask, scale=1.0)
+    v_padded = F.pad(v.reshape(batch, heads, height, width, head_dim), (0, 0, radius, radius, radius, radius))
+    value_bias = value_bias.reshape(batch, heads, height, width, window_size * window_size)
+    biased_values = sum(
+        value_bias[..., slot:slot + 1] * v_padded[:, :, slot // window_size:slot // window_size + height,
+                                                  slot % window_size:slot % window_size + width]
+        for slot in range(window_size * window_size)
+    )
+    # Summed as a reduction over a stack, not with ``+``: inductor's CPU flex template fails on a pointwise
+    # epilogue that reads its output (NotImplementedError: epilogue_nodes), and a reduction is never one.
+    return torch.stack([out, biased_values.reshape(batch, heads, tokens, head_dim)]).sum(0)

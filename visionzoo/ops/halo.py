@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from visionzoo.ops._dispatch import Op, Sample, eager_cpu_inference, seeded_randn
+from visionzoo.ops._flex import FLEX_DEVICES, cached_block_mask, flex_attention, flex_is_fused
 
 
 def _check_shapes(q, k, v, height_rel, width_rel, block_size, halo_size, query_stride):
@@ -306,3 +307,69 @@ def _halo_attention_bmm(
     if exporting:
         return _merge_blocks_low_rank(out, batch, heads, nbh, nbw, bq, out_height, out_width)
     return _merge_blocks(out.reshape(batch, heads, nbh, nbw, bq, bq, v.shape[2]), out_height, out_width)
+
+
+def _halo_mask_mod(query_width: int, key_width: int, block_size: int, query_block: int, win: int,
+                   image_rows: int, image_cols: int):
+    """Query (y, x) of a row-major query map ``query_width`` wide sees the keys of its block's window on the key
+    map (the image with its zero halo ring, then block padding, ``key_width`` wide), except block padding."""
+
+    def in_window(batch, head, query, key):
+        key_row, key_col = key // key_width, key % key_width
+        row_offset = key_row - query // query_width // query_block * block_size
+        col_offset = key_col - query % query_width // query_block * block_size
+        inside = (row_offset >= 0) & (row_offset < win) & (col_offset >= 0) & (col_offset < win)
+        return inside & (key_row < image_rows) & (key_col < image_cols)
+
+    return in_window
+
+
+def _flex_supports(q, k, v, height_rel, width_rel, *args, **kwargs) -> bool:
+    # Not on the CPU: inductor's CPU flex template (torch 2.14) reads q, k, v built inside the graph (the padded,
+    # tokens-last maps here) with the wrong strides and returns wrong values; eager flex there is correct but
+    # unfused. tests/ops/test_flex_backends.py shows the compiled CPU result.
+    return q.device.type != "cpu" and flex_is_fused(q, k, v, height_rel, width_rel)
+
+
+@halo_attention.register("flex", priority=5, devices=FLEX_DEVICES, portable=False, differentiable=False,
+                         supports=_flex_supports)
+def _halo_attention_flex(q, k, v, height_rel, width_rel, block_size, halo_size, query_stride=1, scale=None):
+    """Queries over the whole (block-padded) query map against keys over the whole halo-padded key map, row-major:
+    a block mask keeps each query's window, and a score modifier adds the two relative logits, read from
+    q·R tables computed once per query (2·win − 1 offsets each) at the query's offset to the key."""
+    _check_shapes(q, k, v, height_rel, width_rel, block_size, halo_size, query_stride)
+    scale = q.shape[2] ** -0.5 if scale is None else scale
+    out_height, out_width = q.shape[-2:]
+    batch, heads, dim_qk = q.shape[:3]
+    bq = block_size // query_stride
+    win = block_size + 2 * halo_size
+    height, width = k.shape[-2:]
+    pad_h, pad_w = _padded_size(height, block_size) - height, _padded_size(width, block_size) - width
+    key_rows, key_cols = height + pad_h + 2 * halo_size, width + pad_w + 2 * halo_size
+    query_rows, query_cols = _padded_size(out_height, bq), _padded_size(out_width, bq)
+
+    def tokens_last(t: torch.Tensor, padding: tuple[int, int, int, int]) -> torch.Tensor:
+        return F.pad(t, padding).flatten(3).transpose(2, 3).contiguous()  # B, heads, tokens, C
+
+    queries = tokens_last(q, (0, query_cols - out_width, 0, query_rows - out_height))
+    ring = (halo_size, halo_size + pad_w, halo_size, halo_size + pad_h)
+    keys, values = tokens_last(k, ring), tokens_last(v, ring)
+    rel_h = queries @ height_rel.transpose(0, 1)  # B, heads, queries, 2·win − 1
+    rel_w = queries @ width_rel.transpose(0, 1)
+
+    def add_relative_logits(score, b, h, query, key):
+        row, col = query // query_cols, query % query_cols
+        key_row = key // key_cols - row // bq * block_size
+        key_col = key % key_cols - col // bq * block_size
+        # Table row u − y + win − 1 for window offset u seen from in-block position y; masked keys clamp.
+        row_index = (key_row - row % bq + win - 1).clamp(0, 2 * win - 2)
+        col_index = (key_col - col % bq + win - 1).clamp(0, 2 * win - 2)
+        return score + rel_h[b, h, query, row_index] + rel_w[b, h, query, col_index]
+
+    mask = cached_block_mask(
+        _halo_mask_mod, (query_cols, key_cols, block_size, bq, win, height + 2 * halo_size, width + 2 * halo_size),
+        query_rows * query_cols, key_rows * key_cols, q.device,
+    )
+    out = flex_attention(queries, keys, values, score_mod=add_relative_logits, block_mask=mask, scale=scale)
+    out = out.transpose(2, 3).reshape(batch, heads, v.shape[2], query_rows, query_cols)
+    return out[..., :out_height, :out_width]

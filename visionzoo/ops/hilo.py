@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from visionzoo.ops._dispatch import Op, Sample, seeded_randn
+from visionzoo.ops._flex import FLEX_DEVICES, cached_block_mask, flex_attention, flex_is_fused, window_mask_mod
 from visionzoo.ops.attention import sdpa_reference
 from visionzoo.ops.window import pad_to_windows
 
@@ -161,3 +162,36 @@ def _hilo_attention_sdpa(
         out = out.transpose(1, 2).clone(memory_format=torch.contiguous_format)
         outputs.append(out.reshape(batch, height, width, -1))
     return torch.cat(outputs, dim=-1)
+
+
+def _flex_supports(x, window_size, hifi_heads, lofi_heads, hifi_qkv_weight=None, *args, **kwargs) -> bool:
+    # Flex replaces only the Hi-Fi windows; Lo-Fi attention to the pooled map is plain SDPA either way.
+    return hifi_heads > 0 and flex_is_fused(x, hifi_qkv_weight, *args, *kwargs.values())
+
+
+@hilo_attention.register("flex", priority=5, devices=FLEX_DEVICES, portable=False, differentiable=False,
+                         supports=_flex_supports)
+def _hilo_attention_flex(x, window_size, hifi_heads, lofi_heads, hifi_qkv_weight=None, hifi_qkv_bias=None,
+                         lofi_q_weight=None, lofi_q_bias=None, lofi_kv_weight=None, lofi_kv_bias=None, scale=None):
+    """Hi-Fi heads attend over the padded map in row-major order under a same-window block mask (no partition
+    or merge copies); Lo-Fi heads as in the SDPA backend."""
+    if not hifi_heads:
+        return _hilo_attention_sdpa(x, window_size, 0, lofi_heads, None, None, lofi_q_weight, lofi_q_bias,
+                                    lofi_kv_weight, lofi_kv_bias, scale)
+    head_dim, scale = _head_dim_and_scale(
+        x, window_size, hifi_heads, lofi_heads, hifi_qkv_weight, lofi_q_weight, lofi_kv_weight, scale
+    )
+    batch, height, width, _ = x.shape
+    padded = pad_to_windows(x, (window_size, window_size))
+    padded_height, padded_width = padded.shape[1], padded.shape[2]
+    tokens = padded_height * padded_width
+    qkv = F.linear(padded, hifi_qkv_weight, hifi_qkv_bias).view(batch, tokens, 3, hifi_heads, head_dim)
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+    mask = cached_block_mask(window_mask_mod, (padded_width, window_size, window_size), tokens, tokens, x.device)
+    hifi = flex_attention(q, k, v, block_mask=mask, scale=scale).transpose(1, 2)
+    hifi = hifi.reshape(batch, padded_height, padded_width, -1)[:, :height, :width]
+    if not lofi_heads:
+        return hifi
+    lofi = _hilo_attention_sdpa(x, window_size, 0, lofi_heads, None, None, lofi_q_weight, lofi_q_bias,
+                                lofi_kv_weight, lofi_kv_bias, scale)
+    return torch.cat([hifi, lofi], dim=-1)

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from visionzoo.ops._dispatch import Op, Sample, seeded_randn, trace_leaf
+from visionzoo.ops._flex import FLEX_DEVICES, cached_block_mask, flex_attention, flex_is_fused, window_mask_mod
 from visionzoo.ops.attention import sdpa_reference
 
 
@@ -132,3 +133,48 @@ def _merge_windows_low_rank(out: torch.Tensor, batch: int, rows: int, cols: int,
     out = out.transpose(1, 2).clone(memory_format=torch.contiguous_format)
     out = out.reshape(batch * rows, cols, wh, -1).transpose(1, 2)
     return out.reshape(batch, rows * wh, cols * ww, -1)
+
+
+def _flex_supports(x, qkv_weight, qkv_bias, *args, **kwargs) -> bool:
+    return flex_is_fused(x, qkv_weight, qkv_bias)
+
+
+@window_attention.register("flex", priority=5, devices=FLEX_DEVICES, portable=False, differentiable=False,
+                          supports=_flex_supports)
+def _window_attention_flex(x, qkv_weight, qkv_bias, window_size, num_heads, scale=None):
+    # The map stays in row-major token order: the block mask confines each query to its own window, so neither
+    # the partition nor the merge is a copy, and the projection runs on the map as it is.
+    _check_projection(x, qkv_weight, num_heads)
+    batch, height, width, _ = x.shape
+    _check_window_grid(height, width, window_size)
+    head_dim = qkv_weight.shape[0] // (3 * num_heads)
+    qkv = F.linear(x, qkv_weight, qkv_bias).view(batch, height * width, 3, num_heads, head_dim)
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+    mask = cached_block_mask(window_mask_mod, (width, *window_size), height * width, height * width, x.device)
+    out = flex_attention(q, k, v, block_mask=mask, scale=scale)
+    return out.transpose(1, 2).reshape(batch, height, width, num_heads * head_dim)
+
+
+# One program holds a window's logits (tokens²) and q, k, v (tokens × head_dim) in registers.
+TRITON_MAX_TOKENS = 256
+TRITON_MAX_HEAD_DIM = 128
+
+
+def _triton_supports(x, qkv_weight, qkv_bias, window_size, num_heads, scale=None) -> bool:
+    head_dim = qkv_weight.shape[0] // (3 * num_heads) if num_heads else 0
+    recorded = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, qkv_weight, qkv_bias))
+    return (not recorded and x.dtype in (torch.float32, torch.float16, torch.bfloat16)
+            and window_size[0] * window_size[1] <= TRITON_MAX_TOKENS and 0 < head_dim <= TRITON_MAX_HEAD_DIM)
+
+
+@window_attention.register("triton", priority=20, devices=("cuda",), requires=("triton",), portable=False,
+                           differentiable=False, supports=_triton_supports)
+def _window_attention_triton(x, qkv_weight, qkv_bias, window_size, num_heads, scale=None):
+    """The projection by the BLAS, then one fused kernel for partition, attention and merge (inference only)."""
+    from visionzoo.ops.triton.window_attention import window_attention as fused_window_attention
+
+    _check_projection(x, qkv_weight, num_heads)
+    _check_window_grid(x.shape[1], x.shape[2], window_size)
+    head_dim = qkv_weight.shape[0] // (3 * num_heads)
+    qkv = F.linear(x, qkv_weight, qkv_bias)
+    return fused_window_attention(qkv, *window_size, num_heads, head_dim**-0.5 if scale is None else scale)
