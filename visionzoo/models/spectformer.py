@@ -102,8 +102,9 @@ def _grid_pos_embed(pos_embed: torch.Tensor, grid: tuple[int, int], trained_grid
     if grid != trained_grid:
         if not resize:
             raise ValueError(
-                f"SpectFormer was built for a {trained_grid[0]}x{trained_grid[1]} patch grid and this input gives "
-                f"{grid[0]}x{grid[1]}; build it with resize_filters=True, or with img_size set to this input's size"
+                f"SpectFormer: its position embedding and spectral filters were learned on a "
+                f"{trained_grid[0]}x{trained_grid[1]} patch grid and this input gives {grid[0]}x{grid[1]}; build it "
+                f"with resize_filters=True to resample them, or with img_size set to this input's size"
             )
         pos_embed = resample_grid_embed(pos_embed, grid, trained_grid)
     return pos_embed.reshape(1, *grid, pos_embed.shape[-1])
