@@ -1,14 +1,16 @@
 """SpectFormer: exact parameter counts with and without the token-labeling head, the official key layouts of both
 families, other input sizes through the filter resampling rule, and the errors for sizes the rule cannot serve."""
+import math
 from pathlib import Path
 
 import pytest
 import timm
 import torch
 
-from visionzoo.bench.flops import count_params
+from visionzoo.bench.flops import count_fft_macs, count_macs, count_params
 from visionzoo.models._cards import variant_card
 from visionzoo.models.spectformer import HierarchicalSpectFormer, SpectFormer, checkpoint_filter_fn
+from visionzoo.ops import REFERENCE, use_backend
 from visionzoo.ops.spectral_gating import resize_spectral_filter
 
 MANIFESTS = Path(__file__).parent.parent / "data" / "spectformer"
@@ -149,3 +151,24 @@ def test_token_labeling_head_adds_half_its_per_token_maximum():
         torch.testing.assert_close(model(x), plain(x) + bonus)
     model.reset_classifier(3)
     assert model.aux_head.out_features == 3 and model(x).shape == (2, 3)
+
+
+@pytest.mark.parametrize("name, transforms", [
+    # (blocks, channels, grid points) per spectral stage; each block runs one rFFT and one inverse.
+    ("vz_spectformer_xs", [(4, 384, 14 * 14)]),
+    ("vz_spectformer_h_s", [(3, 64, 56 * 56), (4, 128, 28 * 28)]),
+])
+def test_fft_macs_are_counted_apart_by_the_stated_formula(name, transforms):
+    model = timm.create_model(name, device="meta")
+    expected = sum(blocks * 2 * channels * 1.25 * points * math.log2(points) for blocks, channels, points in transforms)
+    with use_backend(REFERENCE):
+        assert count_fft_macs(model, (3, 224, 224)) == pytest.approx(expected, abs=len(transforms) * 4)
+        gemm = count_macs(model, (3, 224, 224))
+    assert gemm / 1e9 == pytest.approx(variant_card(name)["paper_gmacs"], rel=0.01)
+    with use_backend("dft_matmul"):  # the portable path turns the FFTs into GEMMs: no FFT left, more GEMM MACs
+        assert count_fft_macs(model, (3, 224, 224)) == 0
+        assert count_macs(model, (3, 224, 224)) > gemm
+
+
+def test_models_without_ffts_count_none():
+    assert count_fft_macs(_tiny_hierarchical(spectral_stages=0), (3, 64, 64)) == 0
