@@ -116,3 +116,21 @@ def test_resize_refuses_a_filter_from_another_grid_and_an_empty_grid():
         resize_spectral_filter(torch.randn(14, 7, 3, 2), (10, 10), (14, 14))
     with pytest.raises(ValueError, match="at least 1x1 tokens"):
         resize_spectral_filter(torch.randn(14, 8, 3, 2), (0, 10), (14, 14))
+
+
+def test_exported_graphs_hold_no_fft_or_complex_ops():
+    """torch.export (what every export format starts from) takes the matmul path even outside portable mode."""
+
+    class Gate(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.randn(6, 4, 3, 2))
+
+        def forward(self, x):
+            return spectral_gating(x, self.weight)
+
+    x = torch.randn(1, 6, 7, 3)
+    program = torch.export.export(Gate(), (x,))
+    targets = {str(node.target) for node in program.graph.nodes if node.op == "call_function"}
+    assert not any("fft" in target or "complex" in target for target in targets), targets
+    torch.testing.assert_close(program.module()(x), spectral_gating(x, program.module().weight, backend=REFERENCE))

@@ -16,7 +16,8 @@ Backends: the reference runs ``torch.fft``, and is also registered as the ``fft`
 wherever FFTs run (on 2 CPU cores it measured 1.2x faster than the matmuls at 14x14 and 2-3x faster at 28x28 and
 56x56); ``dft_matmul`` computes the same function with real matrix products
 against constant cosine/sine bases (one per axis, each way), so it exports to runtimes that have no FFT or
-complex dtype (ONNX's TorchScript path, ExecuTorch, Core ML): export's portable-only mode picks it. Its bases are built from the grid size in each
+complex dtype (ExecuTorch, Core ML, onnxruntime builds without DFT): export's portable-only mode picks it, and
+the ``fft`` backend steps aside in every ``torch.export`` trace, so ONNX files get it too. Its bases are built from the grid size in each
 call from integer phases (n · k mod N), which keeps them exact to float32 rounding at any grid size.
 
 :func:`resize_spectral_filter` resamples a filter learned on one grid to another (see its docstring).
@@ -61,7 +62,15 @@ def spectral_gating_reference(x: torch.Tensor, weight: torch.Tensor) -> torch.Te
 
 
 spectral_gating = Op("spectral_gating", spectral_gating_reference)
-spectral_gating.register("fft", priority=20, portable=False)(spectral_gating_reference)
+
+
+def _not_exporting(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    # Every exported graph takes the matmul path, ONNX's too: ONNX has a DFT node, but onnxruntime builds differ
+    # in accepting it (pytorch issues #164698, #188496), while MatMul runs everywhere.
+    return not torch.compiler.is_exporting()
+
+
+spectral_gating.register("fft", priority=20, portable=False, supports=_not_exporting)(spectral_gating_reference)
 
 
 @spectral_gating.sample_inputs
