@@ -41,7 +41,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     from visionzoo.models._pretrained import weights_summary
 
     header = ["model", "input", "params (M)", "paper (M)", "GMACs", "diff", "GMACs ref. ops", "diff",
-              "paper GMACs", "top-1", "weights"]
+              "paper GMACs", "FFT GMACs", "top-1", "weights"]
     rows = []
     for name in names:
         facts = measure(name)
@@ -55,6 +55,7 @@ def cmd_list(args: argparse.Namespace) -> int:
             _fmt(facts["reference_gmacs"], ".3f"),
             _percent(facts["reference_gmacs_vs_paper"]),
             _fmt(facts["paper_gmacs"], ".3f"),
+            _fmt(facts["fft_gmacs"] or None, ".3f"),
             _fmt(facts["top1"], ".1f"),
             weights_summary(name),
         ])
@@ -71,7 +72,9 @@ GMACS_NOTE = (
     "input size (elementwise ops, norms, softmax and pooling are not counted), through the default fast path of "
     "each op and through its reference path (the readable spec; a fast path may trade MACs for speed); paper "
     "figures from visionzoo/cards/*.yaml. weights: the published checkpoints (`pretrained=True` tags, the default "
-    "first) and their source, from the same cards; `visionzoo weights list` shows where each file lives."
+    "first) and their source, from the same cards; `visionzoo weights list` shows where each file lives. "
+    "FFT GMACs: the FFTs of spectral filters, counted apart at 1.25·N·log2(N) MACs (2.5·N·log2(N) real FLOPs) per "
+    "N-point real transform and not included in GMACs (visionzoo/bench/flops.py)."
 )
 ZOO_START, ZOO_END = "<!-- zoo:start -->", "<!-- zoo:end -->"
 

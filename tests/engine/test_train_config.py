@@ -27,6 +27,7 @@ SPEC_VARIANTS = {
     "transnext": [f"vz_transnext_{v}" for v in ("micro", "tiny", "small", "base", "micro_aaaa")],
     "litv2": ["vz_litv2_small", "vz_litv2_medium", "vz_litv2_base"],
     "s2aformer": [f"vz_s2aformer_{v}" for v in ("mini", "t", "xs", "s", "m")],
+    "spectformer": [f"vz_spectformer_{v}" for v in ("t", "xs", "s", "b", "h_s", "h_b", "h_l")],
 }
 SPEC_NAMES = {name for names in SPEC_VARIANTS.values() for name in names}
 RECIPES = sorted(CONFIGS_DIR.glob("*.yaml"))
@@ -136,3 +137,12 @@ def test_litv2_recipe_trains_the_deformable_offsets_at_one_percent_of_the_lr():
     scales = {g["lr_scale"] for g in optimizer.param_groups if any(id(p) in offsets for p in g["params"])}
     assert offsets and scales == {0.01}
     assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(model.parameters()))
+
+
+def test_spectformer_recipes_follow_the_official_scripts():
+    vanilla, hierarchical = load_config("vz_spectformer_s"), load_config("vz_spectformer_h_l")
+    assert derive(vanilla, 8)["lr"] == pytest.approx(1e-3) and vanilla["train"]["epochs"] == 320
+    assert (vanilla["aug"]["re_prob"], vanilla["optim"]["clip_grad"], vanilla["model"]["drop_path_rate"]) == (0, 1, 0.15)
+    assert hierarchical["train"]["epochs"] == 310 and hierarchical["model"]["drop_path_rate"] == 0.3
+    assert hierarchical["model"]["kwargs"] == {"aux_head": False}  # token labeling is not reproduced
+    assert load_config("vz_spectformer_h_s")["optim"]["clip_grad"] is None

@@ -205,6 +205,7 @@ def test_shipped_fast_backends_keep_todays_cpu_choices():
         "gated_positional_attention": ["sdpa_split"], "halo_attention": ["blocked_bmm"],
         "hilo_attention": ["sdpa"], "scaled_dot_product_attention": ["sdpa"], "window_attention": ["sdpa"],
         "strip_attention": ["conv_bmm"],
+        "spectral_gating": ["fft"],
     }
 
 

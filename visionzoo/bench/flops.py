@@ -10,10 +10,18 @@ backward) counted like the GPU kernels; torchvision's
 deformable convolution, counted like the plain conv of its weight (one MAC per weight use per output position; the
 bilinear sampling and its backward are not counted); and the weight gradient of a grouped convolution, which
 torch prices as a dense one.
+
+FFTs are counted apart (:func:`count_fft_macs`), never inside :func:`count_macs`: an N-point real transform (rFFT
+or its inverse, over all its transformed axes together) costs 2.5·N·log2(N) real FLOPs, the classic radix-2
+count (half of a complex transform's 5·N·log2(N)), so 1.25·N·log2(N) MACs in our FLOPs / 2 convention. Efficiency
+figures turn MACs back into FLOPs by doubling, so the FFT's share of an efficiency is its real operation count.
+Spectral filters (SpectFormer) cost these FFT MACs plus an elementwise complex product, which like every
+elementwise op is not counted.
 """
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 import torchvision  # noqa: F401  (registers torch.ops.torchvision, whose deform_conv2d we count)
@@ -23,7 +31,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 FLOP_COUNTER_NOTE = (
     "torch.utils.flop_counter counts matmul, conv and scaled-dot-product/flex attention (forward and backward) and "
-    "deformable convs (forward, as plain convs); elementwise ops, norms, softmax, pooling and FFTs are not counted. "
+    "deformable convs (forward, as plain convs); elementwise ops, norms, softmax and pooling are not counted. FFTs "
+    "are counted apart (FFT GMACs: 1.25·N·log2(N) MACs per N-point real transform) and added to the inference "
+    "efficiency, not to GMACs. "
     "The benchmark counts each op's reference implementation, the model's math, not the extra work of a fast path."
 )
 
@@ -59,6 +69,35 @@ def _conv_backward_flops(grad_out_shape, x_shape, w_shape, _bias, _stride, _padd
     forward = flop_counter.conv_flop_count(x_shape, w_shape, grad_out_shape, transposed=transposed)
     return forward * (int(output_mask[0]) + int(output_mask[1]))
 
+
+def _points(shape, dims) -> int:
+    return math.prod(shape[d] for d in dims)
+
+
+def _real_fft_flops(points: int, transforms: int) -> int:
+    return int(round(2.5 * points * math.log2(points) * transforms)) if points > 1 else 0
+
+
+def _fft_r2c_flops(input_shape, dim, *args, out_shape=None, **kwargs) -> int:
+    points = _points(input_shape, dim)
+    return _real_fft_flops(points, math.prod(input_shape) // points)
+
+
+def _fft_c2r_flops(input_shape, dim, *args, out_shape=None, **kwargs) -> int:
+    points = _points(out_shape, dim)
+    return _real_fft_flops(points, math.prod(out_shape) // points)
+
+
+def _fft_c2c_flops(input_shape, dim, *args, out_shape=None, **kwargs) -> int:
+    points = _points(input_shape, dim)
+    return 2 * _real_fft_flops(points, math.prod(input_shape) // points)
+
+
+FFT_FORMULAS = {
+    _aten._fft_r2c: _fft_r2c_flops,
+    _aten._fft_c2r: _fft_c2r_flops,
+    _aten._fft_c2c: _fft_c2c_flops,
+}
 
 # Passed to every FlopCounterMode here, on top of torch's registry.
 FORMULA_FIXES = {
@@ -98,6 +137,22 @@ def count_macs(model: nn.Module, input_size: tuple[int, int, int], batch_size: i
     finally:
         model.train(was_training)
     return counter.get_total_flops() // 2
+
+
+def count_fft_macs(model: nn.Module, input_size: tuple[int, int, int], batch_size: int = 1) -> int:
+    """MACs of the FFTs in one eval-mode forward pass (1.25·N·log2(N) per N-point real transform; see the module
+    docstring); zero for a model without FFTs. Run it under ``use_backend('reference')`` to count the FFTs of ops
+    whose fast path replaces them by matmuls."""
+    sample = _sample_like(model, input_size, batch_size)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=FFT_FORMULAS) as counter:
+            model(sample)
+    finally:
+        model.train(was_training)
+    by_op = counter.get_flop_counts().get("Global", {})
+    return sum(by_op.get(op, 0) for op in (*FFT_FORMULAS, *(o.default for o in FFT_FORMULAS))) // 2
 
 
 def count_train_macs(model: nn.Module, input_size: tuple[int, int, int]) -> int:

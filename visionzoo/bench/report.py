@@ -110,6 +110,7 @@ COLUMNS: list[tuple[str, Callable[[dict], str]]] = [
     ("top-1", lambda r: _fmt(r.get("top1"), ".1f")),
     ("params (M)", lambda r: _fmt(r["params"] / 1e6 if r.get("params") else None, ".2f")),
     ("GMACs", lambda r: _fmt(r.get("gmacs"), ".3f")),
+    ("FFT GMACs", lambda r: _fmt(r.get("fft_gmacs") or None, ".3f")),
     ("img/s", lambda r: _fmt(_get(r, "infer", "img_per_s"), ".1f")),
     ("±", lambda r: _percent(_get(r, "infer", "timing", "spread"))),
     ("lat. p50 ms", lambda r: _fmt(_get(r, "latency", "median_ms"), ".2f")),
@@ -125,7 +126,7 @@ COLUMNS: list[tuple[str, Callable[[dict], str]]] = [
 
 CSV_FIELDS: dict[str, tuple[str, ...]] = {
     "model": ("model",), "family": ("family",), "top1": ("top1",), "params": ("params",), "gmacs": ("gmacs",),
-    "train_gmacs": ("train_gmacs",), "batch_size": ("infer", "batch_size"), "infer_img_per_s": ("infer", "img_per_s"),
+    "fft_gmacs": ("fft_gmacs",), "train_gmacs": ("train_gmacs",), "batch_size": ("infer", "batch_size"), "infer_img_per_s": ("infer", "img_per_s"),
     "infer_median_s": ("infer", "timing", "median_s"), "infer_spread": ("infer", "timing", "spread"),
     "latency_median_ms": ("latency", "median_ms"), "latency_p90_ms": ("latency", "p90_ms"),
     "train_img_per_s": ("train", "img_per_s"), "mem_infer_mb": ("memory", "infer", "mb"),

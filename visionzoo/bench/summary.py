@@ -6,7 +6,7 @@ from typing import Any
 import timm
 import torch
 
-from visionzoo.bench.flops import count_macs, count_params
+from visionzoo.bench.flops import count_fft_macs, count_macs, count_params
 from visionzoo.layers.fuse import fuse_model
 from visionzoo.models._cards import variant_card
 from visionzoo.models._factory import create_model
@@ -33,6 +33,7 @@ def measure(name: str, input_size: tuple[int, int, int] | None = None) -> dict[s
     # The reference path of each op is the readable spec; a fast path may trade MACs for speed.
     with use_backend(REFERENCE):
         reference_macs = count_macs(model, input_size)
+        fft_macs = count_fft_macs(model, input_size)
     params = count_params(model)
     card = variant_card(name) or {}
     paper_gmacs = card.get("paper_gmacs")
@@ -49,6 +50,7 @@ def measure(name: str, input_size: tuple[int, int, int] | None = None) -> dict[s
         "gmacs_vs_paper": (gmacs / paper_gmacs - 1.0) if paper_gmacs else None,
         "reference_gmacs": reference_gmacs,
         "reference_gmacs_vs_paper": (reference_gmacs / paper_gmacs - 1.0) if paper_gmacs else None,
+        "fft_gmacs": fft_macs / 1e9,
         "top1": card.get("top1"),
         "timm_name": card.get("timm_name"),
     }
