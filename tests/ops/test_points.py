@@ -74,7 +74,7 @@ def test_knn_fast_path_equals_reference_and_orders_by_distance_then_index(xyz, k
 def test_ball_query_fast_path_equals_reference_and_keeps_lowest_indices(xyz, radius, count):
     centres = xyz[:, ::3]
     expected = ball_query(radius, count, xyz, centres, backend=REFERENCE)
-    assert torch.equal(ball_query(radius, count, xyz, centres, backend="scan"), expected)
+    assert torch.equal(ball_query(radius, count, xyz, centres, backend="topk"), expected)
     distance = square_distance(centres, xyz)
     inside = distance <= radius * radius
     for b in range(xyz.shape[0]):
@@ -86,7 +86,7 @@ def test_ball_query_fast_path_equals_reference_and_keeps_lowest_indices(xyz, rad
 
 def test_ball_that_captures_only_its_centre_repeats_it():
     xyz = torch.tensor([[[0.0, 0, 0], [1, 0, 0], [0, 2, 0], [3, 3, 3], [0, 0, 5]]])
-    for backend in (REFERENCE, "scan"):
+    for backend in (REFERENCE, "topk"):
         out = ball_query(0.5, 4, xyz, xyz[:, [3, 1]], backend=backend)
         assert out.tolist() == [[[3, 3, 3, 3], [1, 1, 1, 1]]]
 
@@ -94,7 +94,7 @@ def test_ball_that_captures_only_its_centre_repeats_it():
 def test_empty_ball_falls_back_to_the_nearest_point():
     xyz = torch.tensor([[[0.0, 0, 0], [1, 0, 0], [2, 0, 0]]])
     centre = torch.tensor([[[1.9, 0.0, 0.0]]])
-    for backend in (REFERENCE, "scan"):
+    for backend in (REFERENCE, "topk"):
         assert ball_query(0.01, 2, xyz, centre, backend=backend).tolist() == [[[2, 2]]]
 
 

@@ -265,17 +265,23 @@ def _sample_surface(name: str, count: int, rng: np.random.Generator) -> tuple[np
     return points, normal
 
 
-def _random_rotation(rng: np.random.Generator) -> np.ndarray:
+def _random_rotation(rng: np.random.Generator, upright: bool) -> np.ndarray:
+    """A random turn about the z axis (``upright``, as ModelNet40's aligned models vary), else any rotation."""
+    if upright:
+        angle = rng.uniform(0, 2 * math.pi)
+        cos, sin = math.cos(angle), math.sin(angle)
+        return np.array([[cos, -sin, 0.0], [sin, cos, 0.0], [0.0, 0.0, 1.0]])
     q, r = np.linalg.qr(rng.standard_normal((3, 3)))
     q = q * np.sign(np.diag(r))
     return q if np.linalg.det(q) > 0 else -q
 
 
 def synthetic_shapes(count: int, num_points: int = 2048, classes: tuple[str, ...] = SYNTHETIC_CLASSES,
-                     noise: float = 0.01, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                     noise: float = 0.01, upright: bool = True, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``count`` labelled clouds (count, num_points, 3) with normals: each a random class's surface, scaled per axis
-    by U[0.8, 1.2], rotated at random, jittered by ``noise``, then centred and scaled into the unit sphere as the
-    ModelNet40 release is. Labels cycle through the classes so every class is equally represented."""
+    by U[0.8, 1.2], turned about z at random (any rotation unless ``upright``), jittered by ``noise``, then centred
+    and scaled into the unit sphere as the ModelNet40 release is. Labels cycle through the classes so every class
+    is equally represented."""
     rng = np.random.default_rng(seed)
     labels = np.arange(count) % len(classes)
     rng.shuffle(labels)
@@ -284,7 +290,7 @@ def synthetic_shapes(count: int, num_points: int = 2048, classes: tuple[str, ...
     for index, label in enumerate(labels):
         surface, normal = _sample_surface(classes[label], num_points, rng)
         scale = rng.uniform(0.8, 1.2, 3)
-        rotation = _random_rotation(rng)
+        rotation = _random_rotation(rng, upright)
         cloud = (surface * scale) @ rotation.T + noise * rng.standard_normal((num_points, 3))
         cloud -= cloud.mean(0)
         cloud /= np.linalg.norm(cloud, axis=1).max()

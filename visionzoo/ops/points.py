@@ -186,18 +186,20 @@ def _ball_query_reference(radius: float, num_neighbors: int, xyz: torch.Tensor, 
 ball_query = Op("ball_query", _ball_query_reference)
 
 
-@ball_query.register("scan", priority=10, portable=True, differentiable=False)
-def _ball_query_scan(radius: float, num_neighbors: int, xyz: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
-    """The reference without its sort over N: a running count of in-ball points scatters the first K hits."""
+@ball_query.register("topk", priority=10, portable=True, differentiable=False)
+def _ball_query_topk(radius: float, num_neighbors: int, xyz: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+    """The reference with a top-K of the masked indices in place of its sort over N (indices are distinct, so
+    there are no ties to break), then a sort of K values."""
     _check_query("ball_query", xyz, centres, num_neighbors)
     with torch.no_grad():
+        num_points = xyz.shape[1]
         distance = square_distance(centres, xyz)
-        inside = distance <= radius * radius
-        hits = inside.sum(-1, keepdim=True)
-        winners = _first_k_selected(inside, num_neighbors)
-        first = torch.where(hits > 0, winners[..., :1], distance.argmin(-1, keepdim=True))
-        slot = torch.arange(num_neighbors, device=xyz.device)
-        return torch.where(slot < hits, winners, first.expand_as(winners))
+        index = torch.arange(num_points, device=xyz.device).expand_as(distance)
+        index = index.masked_fill(distance > radius * radius, num_points)
+        index = index.topk(num_neighbors, dim=-1, largest=False).values.sort(dim=-1).values
+        first = index[..., :1]
+        first = torch.where(first == num_points, distance.argmin(-1, keepdim=True), first)
+        return torch.where(index == num_points, first.expand_as(index), index)
 
 
 def _clouds(seed: int) -> list[torch.Tensor]:
