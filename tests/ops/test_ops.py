@@ -202,7 +202,7 @@ def test_shipped_fast_backends_keep_todays_cpu_choices():
     assert chosen == {
         "aggregated_attention": ["shifted"], "ball_query": ["topk"], "channel_attention": ["grouped_bmm"],
         "channels_first_attention": ["reference"], "deform_conv2d": ["reference"],
-        "farthest_point_sample": ["batched"], "knn_point": ["topk"],
+        "farthest_point_sample": ["custom_op"], "knn_point": ["topk"],
         "gated_positional_attention": ["sdpa_split"], "halo_attention": ["blocked_bmm"],
         "hilo_attention": ["sdpa"], "scaled_dot_product_attention": ["sdpa"], "window_attention": ["sdpa"],
     }

@@ -44,7 +44,7 @@ def _brute_distance(a, b):
 def test_fps_fast_path_equals_reference(xyz, fraction):
     count = max(1, int(xyz.shape[1] * fraction))
     expected = farthest_point_sample(xyz, count, backend=REFERENCE)
-    assert torch.equal(farthest_point_sample(xyz, count, backend="batched"), expected)
+    assert torch.equal(farthest_point_sample(xyz, count, backend="custom_op"), expected)
     assert expected[:, 0].eq(0).all(), "FPS starts at index 0"
     # Each pick is a farthest remaining point, the lowest index among equally far ones.
     distance = _brute_distance(xyz, xyz)

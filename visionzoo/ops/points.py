@@ -50,45 +50,32 @@ def _check_sample_count(xyz: torch.Tensor, num_samples: int) -> None:
 def _fps_reference(
     xyz: torch.Tensor, num_samples: int, random_start: bool = False, generator: torch.Generator | None = None
 ) -> torch.Tensor:
-    """Farthest point sampling, one cloud at a time: (B, N, 3) → (B, num_samples) indices.
+    """Farthest point sampling: (B, N, 3) → (B, num_samples) indices.
 
     Keep every point's squared distance to the picked set (initially +∞); pick the start, then repeatedly the
-    point whose distance is largest (lowest index on ties)."""
+    point whose distance is largest (lowest index on ties). All clouds advance together, one step at a time, over
+    contiguous coordinate planes (B, N); traced for export, the loop unrolls to ``num_samples`` steps."""
     _check_sample_count(xyz, num_samples)
-    starts = _start_indices(xyz, random_start, generator)
     with torch.no_grad():
-        picked = []
-        for cloud, start in zip(xyz[..., :3], starts):
-            nearest = torch.full(cloud.shape[:1], float("inf"), dtype=cloud.dtype, device=cloud.device)
-            current, chosen = start, []
-            for _ in range(num_samples):
-                chosen.append(current)
-                offset = cloud - cloud.index_select(0, current.reshape(1))
-                nearest = torch.minimum(nearest, offset[:, 0] ** 2 + offset[:, 1] ** 2 + offset[:, 2] ** 2)
-                current = torch.argmax(nearest)
-            picked.append(torch.stack(chosen))
-        return torch.stack(picked).long()
-
-
-farthest_point_sample = Op("farthest_point_sample", _fps_reference)
+        return _fps_batched(xyz, num_samples, _start_indices(xyz, random_start, generator))
 
 
 def _fps_batched(xyz: torch.Tensor, num_samples: int, starts: torch.Tensor) -> torch.Tensor:
-    """All clouds in one loop of ``num_samples`` steps over coordinate planes (B, N) each: three contiguous
-    planes make every step a handful of vectorised passes over B·N values."""
     planes = xyz[..., :3].detach().permute(2, 0, 1).contiguous()
     batch, num_points = xyz.shape[:2]
     nearest = torch.full((batch, num_points), float("inf"), dtype=xyz.dtype, device=xyz.device)
-    picked = torch.empty(batch, num_samples, dtype=torch.long, device=xyz.device)
+    picked = []
     current = starts.view(batch, 1)
-    for step in range(num_samples):
-        picked[:, step] = current[:, 0]
+    for _ in range(num_samples):
+        picked.append(current)
         centre = planes.gather(2, current.unsqueeze(0).expand(3, -1, -1))
         offset = planes - centre
-        distance = offset[0] ** 2 + offset[1] ** 2 + offset[2] ** 2
-        torch.minimum(nearest, distance, out=nearest)
+        nearest = torch.minimum(nearest, offset[0] ** 2 + offset[1] ** 2 + offset[2] ** 2)
         current = nearest.argmax(1, keepdim=True)
-    return picked
+    return torch.cat(picked, dim=1)
+
+
+farthest_point_sample = Op("farthest_point_sample", _fps_reference)
 
 
 @torch.library.custom_op("visionzoo::farthest_point_sample", mutates_args=())
@@ -101,12 +88,17 @@ def _(xyz: torch.Tensor, num_samples: int, starts: torch.Tensor) -> torch.Tensor
     return xyz.new_empty(xyz.shape[0], num_samples, dtype=torch.long)
 
 
-@farthest_point_sample.register("batched", priority=10, portable=False, differentiable=False)
-def _fps_batched_op(
+def _not_exporting(*args, **kwargs) -> bool:
+    return not torch.compiler.is_exporting()
+
+
+@farthest_point_sample.register("custom_op", priority=10, portable=False, differentiable=False,
+                                supports=_not_exporting)
+def _fps_custom_op(
     xyz: torch.Tensor, num_samples: int, random_start: bool = False, generator: torch.Generator | None = None
 ) -> torch.Tensor:
-    """The batched loop as one opaque custom op: ``torch.compile`` sees a single node instead of unrolling
-    ``num_samples`` steps (export, which needs the portable reference, unrolls it at a fixed N)."""
+    """The same loop as one opaque ``torch.library`` op: ``torch.compile`` sees a single node instead of unrolling
+    ``num_samples`` steps. Exporters trace the reference instead (its loop unrolls at the fixed N of the export)."""
     _check_sample_count(xyz, num_samples)
     return _fps_kernel(xyz.detach(), num_samples, _start_indices(xyz, random_start, generator))
 
