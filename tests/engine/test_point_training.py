@@ -19,12 +19,12 @@ from visionzoo.engine.logging import TIMING_COLUMNS, read_summary
 CLASSES = ("sphere", "cube", "cylinder", "cone", "torus", "plane")
 # The recipe's structure (configs/points/gpsformer_elite_cls.yaml) at a size two CPU cores train in about a
 # minute: 128 points (the smallest cloud the three blocks take), milder scaling than the recipe's U[2/3, 3/2]
-# (which turns spheres into ellipsoids), AdamW, no head dropout.
+# (which turns spheres into ellipsoids), AdamW, less label smoothing, no head dropout.
 QUICK = [
     "vz_gpsformer_elite_cls", f"model.num_classes={len(CLASSES)}", "model.drop_rate=0.0",
     "data.num_points=128", "data.workers=0", "aug.point_scale=[0.9,1.11]", "train.global_batch_size=16",
-    "optim.name=adamw", "optim.lr=2e-3", "optim.lr_base_batch=16", "optim.weight_decay=0.05",
-    "sched.min_lr=1e-5", "sched.warmup_lr=2e-3",
+    "aug.label_smoothing=0.1", "optim.name=adamw", "optim.lr=3e-3", "optim.lr_base_batch=16",
+    "optim.weight_decay=0.05", "sched.min_lr=1e-5", "sched.warmup_lr=3e-3",
 ]
 
 
@@ -42,7 +42,7 @@ def _run(*args, timeout=600):
 
 def test_elite_reaches_90_percent_on_held_out_synthetic_shapes(shapes, tmp_path):
     out = tmp_path / "run"
-    _run("train", *QUICK, "train.epochs=12", "train.eval_every=12", "--data-dir", str(shapes), "--output", str(out))
+    _run("train", *QUICK, "train.epochs=15", "train.eval_every=15", "--data-dir", str(shapes), "--output", str(out))
     final = read_summary(out / "summary.csv")[-1]
     assert float(final["top1"]) >= 90.0 and float(final["macc"]) >= 88.0, final
     printed = _run("eval", "vz_gpsformer_elite_cls", "--checkpoint", str(out / "last.pth"), "--data-dir", str(shapes),

@@ -146,8 +146,14 @@ def _knn_chunk(k: int, xyz: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
     at_kth = distance == kth
     selected = below | (at_kth & (at_kth.cumsum(-1) <= ties_allowed))
     winners = _first_k_selected(selected, k)
-    order = distance.gather(-1, winners).sort(dim=-1, stable=True).indices
-    return winners.gather(-1, order)
+    # Order the k winners (in index order now) by distance, ties by position: each one's rank is the number of
+    # winners before it in that order; k² comparisons, and no sort (which ONNX cannot express stably).
+    kept = distance.gather(-1, winners)
+    before = (kept.unsqueeze(-1) < kept.unsqueeze(-2)) | (
+        (kept.unsqueeze(-1) == kept.unsqueeze(-2)) & torch.ones(k, k, dtype=torch.bool, device=kept.device).triu(1)
+    )
+    rank = before.sum(-2)
+    return torch.zeros_like(winners).scatter_(-1, rank, winners)
 
 
 @knn_point.register("topk", priority=10, portable=True, differentiable=False)
@@ -180,15 +186,15 @@ ball_query = Op("ball_query", _ball_query_reference)
 
 @ball_query.register("topk", priority=10, portable=True, differentiable=False)
 def _ball_query_topk(radius: float, num_neighbors: int, xyz: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
-    """The reference with a top-K of the masked indices in place of its sort over N (indices are distinct, so
-    there are no ties to break), then a sort of K values."""
+    """The reference with a top-K of the masked indices in place of its sort over N: indices are distinct, so
+    there are no ties to break, and top-K returns them ascending."""
     _check_query("ball_query", xyz, centres, num_neighbors)
     with torch.no_grad():
         num_points = xyz.shape[1]
         distance = square_distance(centres, xyz)
         index = torch.arange(num_points, device=xyz.device).expand_as(distance)
         index = index.masked_fill(distance > radius * radius, num_points)
-        index = index.topk(num_neighbors, dim=-1, largest=False).values.sort(dim=-1).values
+        index = index.topk(num_neighbors, dim=-1, largest=False).values
         first = index[..., :1]
         first = torch.where(first == num_points, distance.argmin(-1, keepdim=True), first)
         return torch.where(index == num_points, first.expand_as(index), index)
