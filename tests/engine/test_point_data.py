@@ -131,3 +131,36 @@ def test_vote_scales_start_unscaled_and_repeat_with_the_seed():
     scales = vote_scales(10)
     assert scales.shape == (10, 3) and torch.equal(scales[0], torch.ones(3))
     assert ((scales[1:] >= 0.85) & (scales[1:] <= 1.15)).all() and torch.equal(scales, vote_scales(10))
+
+
+@pytest.mark.parametrize("name", ["vz_gpsformer_cls", "vz_gpsformer_elite_cls"])
+def test_point_recipes_resolve_to_the_sheets_recipe(name):
+    from visionzoo.engine.config import POINT_CONFIGS_DIR, derive, find_config, load_config
+
+    assert find_config(name).parent == POINT_CONFIGS_DIR
+    cfg = load_config(name)
+    assert cfg["model"]["name"] == name and cfg["model"]["drop_rate"] == 0.5
+    assert (cfg["data"]["format"], cfg["data"]["num_points"], cfg["data"]["val_split"]) == ("modelnet40_h5", 1024, "test")
+    assert (cfg["optim"]["name"], cfg["optim"]["momentum"], cfg["optim"]["weight_decay"]) == ("sgd", 0.9, 2e-4)
+    assert (cfg["sched"]["name"], cfg["sched"]["min_lr"], cfg["optim"]["clip_grad"]) == ("cosine", 1e-3, 1.0)
+    assert (cfg["loss"]["name"], cfg["aug"]["label_smoothing"], cfg["aug"]["mixup"]) == ("ce_others", 0.2, 0.0)
+    assert cfg["aug"]["point_scale"] == pytest.approx([2 / 3, 1.5]) and cfg["aug"]["point_shift"] == 0.2
+    assert derive(cfg, 1)["lr"] == 0.1 and derive(cfg, 1)["batch_size"] == 32
+
+
+def test_other_class_smoothing_gives_eps_over_c_minus_1_to_each_wrong_class():
+    from visionzoo.engine.train import OtherClassSmoothingCrossEntropy
+
+    logits, target = torch.randn(3, 5), torch.tensor([0, 4, 2])
+    soft = torch.full((3, 5), 0.2 / 4)
+    soft[torch.arange(3), target] = 0.8
+    expected = -(soft * logits.log_softmax(-1)).sum(-1).mean()
+    torch.testing.assert_close(OtherClassSmoothingCrossEntropy(0.2)(logits, target), expected)
+
+
+def test_point_format_refuses_an_image_model():
+    from visionzoo.data.points import point_count
+
+    cfg = {"data": {"num_points": None, "format": "modelnet40_h5"}, "model": {"name": "resnet18"}}
+    with pytest.raises(PointDataError, match="resnet18 is not a point-cloud model"):
+        point_count(cfg)
