@@ -13,6 +13,11 @@ from visionzoo.models._checkpoint import CheckpointError
 from visionzoo.models._factory import UnknownModelError, check_model_name, list_models
 
 
+def _input_text(input_size) -> str:
+    """224x224 for an image model's (C, H, W); "1024 pts" for a point-cloud model's (points, dims)."""
+    return f"{input_size[0]} pts" if len(input_size) == 2 else "x".join(str(v) for v in input_size[1:])
+
+
 def _fmt(value, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
@@ -47,7 +52,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         facts = measure(name)
         rows.append([
             name,
-            "x".join(str(v) for v in facts["input_size"][1:]),
+            _input_text(facts["input_size"]),
             _fmt(facts["params"] / 1e6, ".2f"),
             _fmt(facts["paper_params_m"], ".1f"),
             _fmt(facts["gmacs"], ".3f"),

@@ -13,6 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torchvision.ops import deform_conv2d
 
+import visionzoo
 from _zoo import input_sizes, smallest_per_family
 from visionzoo.export import ExportError, add_export_parser, export_model
 from visionzoo.export._files import atomic_output
@@ -40,14 +41,17 @@ CHEAPEST = "vz_shvit_s1" if "vz_shvit_s1" in SMALLEST else SMALLEST[0]
 
 
 def _size(name: str) -> int:
-    return input_sizes(name)[0][0]
+    size = input_sizes(name)[0]
+    return size if isinstance(size, int) else size[0]  # point families test point counts
 
 
 def _assert_parity(record: dict) -> None:
     assert record["status"] == "ok", {k: record.get(k) for k in ("status", "stage", "error", "failing_op", "max_rel_error")}
-    assert record["max_rel_error_random"] < 1e-4 and record["max_rel_error_photos"] < 1e-4
+    assert record["max_rel_error_random"] < 1e-4
     assert any(label.startswith("random") for label in record["max_rel_error"])
-    assert any(label.startswith("photo") for label in record["max_rel_error"])
+    if visionzoo.family_of(record["model"]).input_kind == "image":  # photographs only for image families
+        assert record["max_rel_error_photos"] < 1e-4
+        assert any(label.startswith("photo") for label in record["max_rel_error"])
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "executorch"])

@@ -200,8 +200,9 @@ def test_shipped_fast_backends_keep_todays_cpu_choices():
         chosen = dict(ran)
     # channels-first attention and deformable conv keep the reference on the CPU, where it measured faster.
     assert chosen == {
-        "aggregated_attention": ["shifted"], "channel_attention": ["grouped_bmm"],
+        "aggregated_attention": ["shifted"], "ball_query": ["topk"], "channel_attention": ["grouped_bmm"],
         "channels_first_attention": ["reference"], "deform_conv2d": ["reference"],
+        "farthest_point_sample": ["custom_op"], "knn_point": ["topk"],
         "gated_positional_attention": ["sdpa_split"], "halo_attention": ["blocked_bmm"],
         "hilo_attention": ["sdpa"], "scaled_dot_product_attention": ["sdpa"], "window_attention": ["sdpa"],
         "strip_attention": ["conv_bmm"],

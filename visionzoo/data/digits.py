@@ -59,10 +59,17 @@ def add_data_parser(subparsers) -> argparse.ArgumentParser:
     digits.add_argument("--val-fraction", type=float, default=0.2)
     digits.add_argument("--seed", type=int, default=0)
     digits.add_argument("--max-per-class", type=int, help="keep at most this many images of each digit")
+    from visionzoo.data.points import add_point_shapes_parser
+
+    add_point_shapes_parser(kinds)
     return parser
 
 
 def run_data(args: argparse.Namespace) -> int:
+    if args.data_kind == "point-shapes":
+        from visionzoo.data.points import run_point_shapes
+
+        return run_point_shapes(args)
     counts = make_digits(args.out_dir, args.size, args.val_fraction, args.seed, args.max_per_class)
     print(f"wrote {counts['train']} train and {counts['val']} val images of 10 classes to {args.out_dir}")
     return 0

@@ -17,6 +17,8 @@ import yaml
 from visionzoo.engine.checkpoint import atomic_write_text
 
 CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs" / "cls"
+# Point-cloud recipes (a points family's models) live beside the image ones.
+POINT_CONFIGS_DIR = CONFIGS_DIR.parent / "points"
 
 DEFAULTS: dict[str, Any] = {
     "model": {
@@ -38,6 +40,9 @@ DEFAULTS: dict[str, Any] = {
         "std": None,
         "workers": 4,
         "pin_memory": True,
+        "format": "folder",  # folder (ImageNet-style) / modelnet40_h5 / scanobjectnn_h5 (visionzoo/data/points.py)
+        "num_points": None,  # point clouds: points per cloud (the first of each stored cloud); None = the model's
+        "scanobjectnn_variant": "PB_T50_RS",  # PB_T50_RS / OBJ_BG / OBJ_ONLY
     },
     "aug": {
         "train_interpolation": "bicubic",
@@ -56,9 +61,13 @@ DEFAULTS: dict[str, Any] = {
         "mixup_switch_prob": 0.5,
         "mixup_mode": "batch",
         "label_smoothing": 0.1,
+        "point_scale": [0.6666666666666666, 1.5],  # point clouds: per-axis scale range, then
+        "point_shift": 0.2,  # a per-axis shift in [-point_shift, point_shift]
     },
     "loss": {
-        "name": "ce",  # ce (soft-target cross-entropy under mixup) / bce (ResNet-strikes-back style)
+        # ce (soft-target cross-entropy under mixup) / bce (ResNet-strikes-back style) / ce_others (label smoothing
+        # spread over the wrong classes only, as the point-cloud recipes do)
+        "name": "ce",
         "bce_target_thresh": None,  # bce only: binarise mixed targets above this value
     },
     "train": {
@@ -116,10 +125,12 @@ DEFAULTS: dict[str, Any] = {
 
 CHOICES = {
     ("optim", "lr_scaling"): ("linear", "sqrt", "none"),
-    ("loss", "name"): ("ce", "bce"),
+    ("loss", "name"): ("ce", "bce", "ce_others"),
     ("optim", "clip_mode"): ("norm", "agc", "value"),
     ("runtime", "amp"): ("auto", "bf16", "fp16", "none"),
     ("train", "best_metric"): ("top1", "ema_top1"),
+    ("data", "format"): ("folder", "modelnet40_h5", "scanobjectnn_h5"),
+    ("data", "scanobjectnn_variant"): ("PB_T50_RS", "OBJ_BG", "OBJ_ONLY"),
 }
 
 
@@ -162,7 +173,8 @@ def _merge(base: dict, update: dict, where: str) -> dict:
 
 
 def find_config(name_or_path: str | Path) -> Path:
-    """A config path, or a model name (``vz_shvit_s1`` / ``shvit_s1``) looked up in ``configs/cls``."""
+    """A config path, or a model name (``vz_shvit_s1`` / ``shvit_s1``) looked up in ``configs/cls`` (then
+    ``configs/points``)."""
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml"):
         if not path.is_file():
@@ -170,8 +182,10 @@ def find_config(name_or_path: str | Path) -> Path:
         return path
     stem = str(name_or_path).removeprefix("vz_")
     candidate = CONFIGS_DIR / f"{stem}.yaml"
+    if not candidate.is_file() and (POINT_CONFIGS_DIR / f"{stem}.yaml").is_file():
+        candidate = POINT_CONFIGS_DIR / f"{stem}.yaml"
     if not candidate.is_file():
-        known = sorted(p.stem for p in CONFIGS_DIR.glob("*.yaml"))
+        known = sorted(p.stem for folder in (CONFIGS_DIR, POINT_CONFIGS_DIR) for p in folder.glob("*.yaml"))
         raise ConfigError(f"no recipe {candidate} for {name_or_path!r}; pass a YAML path or one of: {', '.join(known)}")
     return candidate
 
@@ -230,6 +244,7 @@ OPTIONAL_TYPES = {
     ("data", "interpolation"): str,
     ("data", "mean"): list,
     ("data", "std"): list,
+    ("data", "num_points"): int,
     ("aug", "auto_augment"): str,  # null turns RandAugment off
     ("aug", "color_jitter"): NUMBER,
     ("loss", "bce_target_thresh"): NUMBER,
@@ -244,7 +259,7 @@ OPTIONAL_TYPES = {
 }
 POSITIVE = {
     ("model", "num_classes"), ("train", "epochs"), ("train", "global_batch_size"), ("train", "eval_every"),
-    ("train", "batch_size"), ("train", "log_every"), ("data", "input_size"), ("optim", "lr"),
+    ("train", "batch_size"), ("train", "log_every"), ("data", "input_size"), ("data", "num_points"), ("optim", "lr"),
     ("optim", "lr_base_batch"),
 }
 NON_NEGATIVE = {

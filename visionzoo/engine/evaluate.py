@@ -34,17 +34,21 @@ def autocast_for(device: torch.device, amp: str) -> contextlib.AbstractContextMa
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, loader, info: DistInfo, amp: str = "auto", channels_last: bool = False
+    model: nn.Module, loader, info: DistInfo, amp: str = "auto", channels_last: bool = False,
+    votes: torch.Tensor | None = None,
 ) -> dict[str, float]:
-    """Exact top-1/top-5 (%) and mean cross-entropy over every image of ``loader`` summed across ranks.
+    """Exact top-1/top-5 (%), mean per-class accuracy ``macc`` (%, classes present in the data) and mean
+    cross-entropy over every sample of ``loader`` summed across ranks.
 
     ``unreadable`` counts the images whose pixels failed to decode here (dropped, not scored); the images the
-    data set's scan left out are in its ``skipped``.
+    data set's scan left out are in its ``skipped``. ``votes`` (V, 3) averages the softmax of V passes over point
+    clouds whose xyz are scaled per axis by each row (see ``visionzoo.data.points.vote_scales``).
     """
     was_training = model.training
     model.eval()
     # correct@1, correct@5, loss sum, images, unreadable
     totals = torch.zeros(5, dtype=torch.float64, device=info.device)
+    per_class = None  # (2, classes): correct, seen
     loss_fn = nn.CrossEntropyLoss(reduction="sum")
     start = time.perf_counter()
     for images, targets, unreadable in loader:
@@ -56,27 +60,47 @@ def evaluate(
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         with autocast_for(info.device, amp):
-            logits = model(images)
+            if votes is None:
+                logits = model(images)
+            else:
+                logits = _voted_logits(model, images, votes.to(info.device))
         logits = logits.float()
         top = logits.topk(min(5, logits.shape[1]), dim=1).indices
         hits = top.eq(targets[:, None])
         totals[:4] += torch.stack(
             [hits[:, :1].sum(), hits.sum(), loss_fn(logits, targets), torch.tensor(len(targets), device=info.device)]
         ).double()
+        if per_class is None:
+            per_class = torch.zeros(2, logits.shape[1], dtype=torch.float64, device=info.device)
+        per_class[0].index_add_(0, targets, hits[:, 0].double())
+        per_class[1].index_add_(0, targets, torch.ones_like(targets, dtype=torch.float64))
     all_reduce_sum(totals, info)
     seconds = time.perf_counter() - start
     model.train(was_training)
     correct1, correct5, loss_sum, count, unreadable = totals.tolist()
     if count == 0:
         raise ValueError("the evaluation set holds no readable image")
+    all_reduce_sum(per_class, info)
+    seen = per_class[1] > 0
     return {
         "top1": 100.0 * correct1 / count,
         "top5": 100.0 * correct5 / count,
+        "macc": 100.0 * (per_class[0][seen] / per_class[1][seen]).mean().item(),
         "loss": loss_sum / count,
         "images": int(count),
         "unreadable": int(unreadable),
         "img_per_s": count / seconds,
     }
+
+
+def _voted_logits(model: nn.Module, points: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """log of the mean softmax over one pass per row of ``scales`` (per-axis xyz scales, row 0 usually ones)."""
+    probabilities = 0
+    for scale in scales:
+        scaled = points.clone()
+        scaled[..., :3] = scaled[..., :3] * scale
+        probabilities = probabilities + model(scaled).float().softmax(-1)
+    return (probabilities / len(scales)).log()
 
 
 def resolve_eval_data_config(model: nn.Module, input_size=None, crop_pct=None, interpolation=None, mean=None, std=None):
@@ -146,6 +170,13 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "none"))
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--device", help="default: cuda when available, else cpu")
+    parser.add_argument("--data-format", default="folder", choices=("folder", "modelnet40_h5", "scanobjectnn_h5"),
+                        help="point clouds: the HDF5 layout of --data-dir (see visionzoo/data/points.py)")
+    parser.add_argument("--num-points", type=int, help="point clouds: points per cloud (default: the model's)")
+    parser.add_argument("--scanobjectnn-variant", default="PB_T50_RS", choices=("PB_T50_RS", "OBJ_BG", "OBJ_ONLY"))
+    parser.add_argument("--votes", type=int, default=1,
+                        help="point clouds: also report the vote of this many passes (pass 1 unscaled, then per-axis "
+                        "scales U[0.85, 1.15], seed 0); the single pass is reported first")
     parser.add_argument(
         "--output",
         help="JSON results file (default: a new eval_<model>_<checkpoint>_<split>[_ema]_<time>.json beside the "
@@ -165,6 +196,8 @@ def run_eval(args: argparse.Namespace) -> int:
     if info.is_main:
         check_writable(output)
     state_dict, training_config = read_weights(checkpoint, args.ema)
+    if args.data_format != "folder":
+        return _run_point_eval(args, checkpoint, output, info, state_dict, training_config)
     dataset = create_folder_dataset(args.data_dir, args.split, None, substitute=False)
     num_classes = args.num_classes or (training_config or {}).get("model", {}).get("num_classes")
     num_classes = num_classes or len(dataset.class_to_idx)
@@ -219,3 +252,57 @@ def run_eval(args: argparse.Namespace) -> int:
         print(f"wrote {output}")
     shutdown(info)
     return 0
+
+
+def _run_point_eval(args, checkpoint: Path, output: Path, info, state_dict: dict, training_config: dict | None) -> int:
+    """``visionzoo eval`` on a point-cloud HDF5 split: OA (top-1) and mAcc, single pass first, then the vote."""
+    from visionzoo.data.points import point_count, point_dataset, vote_scales
+
+    cfg = {"data": {"num_points": args.num_points, "format": args.data_format}, "model": {"name": args.model}}
+    num_points = point_count(cfg)
+    dataset = point_dataset(args.data_format, args.data_dir, args.split, num_points,
+                            variant=args.scanobjectnn_variant)
+    num_classes = args.num_classes or (training_config or {}).get("model", {}).get("num_classes") or len(dataset.classes)
+    model = create_model(args.model, checkpoint_path=state_dict, num_classes=num_classes).to(info.device)
+    loader = create_eval_loader(dataset, args.batch_size, info.rank, info.world_size, args.workers, False)
+    results = {"model": args.model, "checkpoint": str(checkpoint), "ema": args.ema, "split": args.split,
+               "data_format": args.data_format, "num_points": num_points}
+    results["single_pass"] = evaluate(model, loader, info, amp=args.amp)
+    if args.votes > 1:
+        results["vote"] = {"votes": args.votes, **evaluate(model, loader, info, amp=args.amp,
+                                                             votes=vote_scales(args.votes))}
+    if info.is_main:
+        for name in ("single_pass", "vote"):
+            if name in results:
+                metrics = results[name]
+                print(f"{args.model} on {metrics['images']} {args.split} clouds ({name.replace('_', ' ')}): "
+                      f"OA {metrics['top1']:.3f}  mAcc {metrics['macc']:.3f}  loss {metrics['loss']:.4f}", flush=True)
+        output.write_text(json.dumps(results, indent=2) + "\n")
+        print(f"wrote {output}")
+    shutdown(info)
+    return 0
+
+
+def part_segmentation_miou(
+    logits: torch.Tensor, categories: torch.Tensor, parts: torch.Tensor, part_ranges: list[range]
+) -> dict[str, float]:
+    """ShapeNetPart's instance and class mIoU (%) of per-point ``logits`` (B, N, parts) against ``parts`` (B, N).
+
+    The argmax is restricted to the parts of each shape's category (PointNet++'s convention); a shape's IoU is the
+    mean over its category's parts, a part absent from both prediction and label scoring 1. Instance mIoU averages
+    shapes, class mIoU averages the categories' mean shape IoU (categories present only)."""
+    shape_ious, per_category = [], {}
+    for shape_logits, category, labels in zip(logits, categories.tolist(), parts):
+        allowed = part_ranges[category]
+        predicted = shape_logits[:, allowed.start:allowed.stop].argmax(-1) + allowed.start
+        ious = []
+        for part in allowed:
+            truth, guess = labels == part, predicted == part
+            union = (truth | guess).sum().item()
+            ious.append(1.0 if union == 0 else (truth & guess).sum().item() / union)
+        shape_iou = sum(ious) / len(ious)
+        shape_ious.append(shape_iou)
+        per_category.setdefault(category, []).append(shape_iou)
+    class_means = [sum(values) / len(values) for values in per_category.values()]
+    return {"instance_miou": 100.0 * sum(shape_ious) / len(shape_ious),
+            "class_miou": 100.0 * sum(class_means) / len(class_means)}

@@ -36,6 +36,7 @@ from visionzoo.data.loader import (
     eval_transform,
     train_transform,
 )
+from visionzoo.data.points import point_count, point_splits
 from visionzoo.engine.checkpoint import (
     OutputLock,
     atomic_save,
@@ -215,6 +216,8 @@ def build_losses(cfg: dict, num_classes: int) -> tuple[Mixup | None, nn.Module]:
             switch_prob=aug["mixup_switch_prob"], mode=aug["mixup_mode"],
             label_smoothing=aug["label_smoothing"], num_classes=num_classes,
         )
+    if loss["name"] == "ce_others":
+        return None, OtherClassSmoothingCrossEntropy(aug["label_smoothing"])
     if loss["name"] == "bce":
         # Mixup already smoothed the targets it produced; without mixup the loss applies the smoothing.
         smoothing = 0.0 if mixup is not None else aug["label_smoothing"]
@@ -224,6 +227,20 @@ def build_losses(cfg: dict, num_classes: int) -> tuple[Mixup | None, nn.Module]:
     if aug["label_smoothing"] > 0:
         return None, LabelSmoothingCrossEntropy(smoothing=aug["label_smoothing"])
     return None, nn.CrossEntropyLoss()
+
+
+class OtherClassSmoothingCrossEntropy(nn.Module):
+    """Cross-entropy against a target of 1 − ε on the true class and ε/(C − 1) on each other class (PointMLP's
+    smoothing; timm's gives ε/C to every class, the true one included)."""
+
+    def __init__(self, smoothing: float):
+        super().__init__()
+        self.smoothing = smoothing
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        classes = logits.shape[-1]
+        soft = torch.full_like(logits, self.smoothing / (classes - 1)).scatter_(-1, target[:, None], 1 - self.smoothing)
+        return -(soft * logits.log_softmax(-1)).sum(-1).mean()
 
 
 def train_data_config(cfg: dict, model: nn.Module) -> dict:
@@ -245,8 +262,12 @@ class Trainer:
         data_dir = cfg["data"]["dir"]
         if not data_dir:
             raise ConfigError("data.dir is not set; pass --data-dir DIR (a folder with train/ and val/)")
-        train_set = create_folder_dataset(data_dir, cfg["data"]["train_split"], None)
-        val_set = create_folder_dataset(data_dir, cfg["data"]["val_split"], None, substitute=False)
+        points = cfg["data"]["format"] != "folder"
+        if points:
+            train_set, val_set = point_splits(cfg, point_count(cfg))
+        else:
+            train_set = create_folder_dataset(data_dir, cfg["data"]["train_split"], None)
+            val_set = create_folder_dataset(data_dir, cfg["data"]["val_split"], None, substitute=False)
         if info.is_main:
             for notice in filter(None, (train_set.notice(), val_set.notice())):
                 warn(notice)
@@ -272,9 +293,12 @@ class Trainer:
         if runtime["channels_last"]:
             model.to(memory_format=torch.channels_last)
         self.model = model
-        self.data_config = train_data_config(cfg, model)
-        train_set.transform = train_transform(cfg, self.data_config)
-        val_set.transform = eval_transform(self.data_config)
+        if points:
+            self.data_config = {"num_points": len(train_set.points[0])}
+        else:
+            self.data_config = train_data_config(cfg, model)
+            train_set.transform = train_transform(cfg, self.data_config)
+            val_set.transform = eval_transform(self.data_config)
 
         pin = info.device.type == "cuda" and cfg["data"]["pin_memory"]
         self.train_loader = create_train_loader(
@@ -554,7 +578,7 @@ class Trainer:
             if (self.epoch + 1) % cfg["train"]["eval_every"] == 0 or self.epoch + 1 == epochs:
                 amp, channels_last = self.amp, cfg["runtime"]["channels_last"]
                 metrics = evaluate(self.model, self.val_loader, info, amp, channels_last)
-                row.update(top1=metrics["top1"], top5=metrics["top5"], val_loss=metrics["loss"])
+                row.update(top1=metrics["top1"], top5=metrics["top5"], macc=metrics["macc"], val_loss=metrics["loss"])
                 if self.ema is not None and cfg["ema"]["eval"]:
                     ema = evaluate(self.ema.module, self.val_loader, info, amp, channels_last)
                     row.update(ema_top1=ema["top1"], ema_top5=ema["top5"], ema_val_loss=ema["loss"])
@@ -587,7 +611,7 @@ class Trainer:
 
 def format_row(row: dict, best: dict, key: str) -> str:
     parts = [f"epoch {row['epoch']}", f"train_loss {row['train_loss']:.4f}", f"lr {row['lr']:.3e}"]
-    for name in ("top1", "top5", "val_loss", "ema_top1", "ema_top5"):
+    for name in ("top1", "top5", "macc", "val_loss", "ema_top1", "ema_top5"):
         if name in row:
             parts.append(f"{name} {row[name]:.3f}")
     parts.append(f"{row['train_img_per_s']:.1f} img/s")

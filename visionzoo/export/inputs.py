@@ -12,14 +12,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from visionzoo.models._registry import example_input
+from visionzoo.models._registry import example_input, family_of
 
 PHOTOS = ("astronaut", "chelsea", "coffee")
 
 
 def random_input(model: nn.Module, batch: int, height: int, width: int, seed: int = 0) -> torch.Tensor:
-    """The model family's declared example input (its channels, device and dtype), seeded."""
-    return example_input(model, batch, (height, width), torch.Generator().manual_seed(seed))
+    """The model family's declared example input (its channels, device and dtype), seeded; for a point-cloud
+    family ``height`` is the number of points (``width`` its point dims, fixed by the model)."""
+    size = height if family_of(model).input_kind == "points" else (height, width)
+    return example_input(model, batch, size, torch.Generator().manual_seed(seed))
 
 
 def _photo(name: str) -> np.ndarray:

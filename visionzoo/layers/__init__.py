@@ -6,6 +6,7 @@ from visionzoo.layers.drop import DropPath, drop_path
 from visionzoo.layers.fuse import fuse_model
 from visionzoo.layers.mlp import ConvNormFfn, Mlp
 from visionzoo.layers.patch_embed import ConvStem, PatchEmbed
+from visionzoo.layers.point_conv import ADGConv, GlobalPerceptionModule, HOConv, LOConv, LSFConv, ResidualCrossAttention
 from visionzoo.layers.residual import Residual
 
 __all__ = [
@@ -24,4 +25,10 @@ __all__ = [
     "fuse_bn_linear",
     "fuse_conv_bn",
     "fuse_model",
+    "ADGConv",
+    "GlobalPerceptionModule",
+    "HOConv",
+    "LOConv",
+    "LSFConv",
+    "ResidualCrossAttention",
 ]
