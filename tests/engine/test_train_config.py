@@ -26,6 +26,7 @@ SPEC_VARIANTS = {
     + [f"vz_halonet_h{i}" for i in range(5)],
     "transnext": [f"vz_transnext_{v}" for v in ("micro", "tiny", "small", "base", "micro_aaaa")],
     "litv2": ["vz_litv2_small", "vz_litv2_medium", "vz_litv2_base"],
+    "sparsifiner": ["vz_sparsifiner_deit_small"],
 }
 SPEC_NAMES = {name for names in SPEC_VARIANTS.values() for name in names}
 RECIPES = sorted(CONFIGS_DIR.glob("*.yaml"))

@@ -181,7 +181,8 @@ class Sparsifiner(Backbone):
     """Sparsifiner on a DeiT backbone (arXiv 2303.13755): class token, position embedding, sparse-attention blocks.
 
     ``keep_rate`` is the share of keys each patch query keeps (0.25 in the official default config);
-    ``reduced_tokens`` the predictor's token mixtures (default: ⌊(1 + tokens at img_size) / 6⌋, 32 at 224).
+    ``reduced_tokens`` the predictor's token mixtures (default: ⌊(1 + tokens at img_size) / 6⌋, 32 at 224);
+    ``reconstruction`` starts in the attention-reconstruction phase (:meth:`set_reconstruction`).
     """
 
     model_name = "Sparsifiner"
@@ -202,6 +203,7 @@ class Sparsifiner(Backbone):
         qkv_bias: bool = True,
         keep_rate: float = 0.25,
         reduced_tokens: int | None = None,
+        reconstruction: bool = False,
         drop_rate: float = 0.0,
         pos_drop_rate: float = 0.0,
         proj_drop_rate: float = 0.0,
@@ -246,6 +248,7 @@ class Sparsifiner(Backbone):
                 if not name.startswith("attn.mask_predictor"):
                     _init_linear_and_norm(module)
             block.attn.mask_predictor.apply(_init_linear_and_norm)
+        self.set_reconstruction(reconstruction)
 
     def set_reconstruction(self, enable: bool = True) -> None:
         """Attention-reconstruction phase (paper §3.3, the first training epochs): raw basis, dense coefficients."""
