@@ -132,3 +132,12 @@ def test_other_input_sizes_resample_the_token_tables():
     converted = checkpoint_filter_fn(model.state_dict(), small)
     assert converted["blocks.0.attn.mask_predictor.proj_n"].shape == (37, 32)
     small.load_state_dict(converted)
+
+
+def test_tied_zero_scores_keep_the_lowest_key_indices():
+    scores = torch.zeros(2, 1, 3, 10)
+    scores[..., 7] = 0.5
+    scores[1, 0, 2, 9] = -0.25  # reconstruction-phase scores can be negative: below the zeros they stay
+    kept = top_keys(scores, 0.3).sort(dim=-1).values
+    assert kept[0].tolist() == [[[0, 1, 7]] * 3]
+    assert kept[1, 0, 2].tolist() == [0, 1, 7]

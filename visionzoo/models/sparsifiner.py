@@ -68,11 +68,22 @@ def _token_table(table: torch.Tensor, grid_size: tuple[int, int], trained_grid: 
 torch.fx.wrap("_token_table")
 
 
+# A normal float32 (and bfloat16) number, so that N of them stay apart and below any nonzero score.
+_ZERO_RANK_STEP = 1e-30
+
+
 @trace_leaf
 def top_keys(approx_attention: torch.Tensor, keep_rate: float) -> torch.Tensor:
-    """The ⌈keep_rate · N⌉ keys with the largest approximate scores per query (no gradient flows through the choice)."""
+    """The ⌈keep_rate · N⌉ keys with the largest approximate scores per query (no gradient flows through the choice).
+
+    The thresholded basis makes many scores exactly zero, and ``topk`` picks among tied scores in no promised order
+    (torch and ONNX Runtime pick differently): zeros are ranked by key index instead (lower first), through a ramp
+    far below any score the predictor makes, so every runtime keeps the same keys.
+    """
     kept = max(1, math.ceil(keep_rate * approx_attention.shape[-1]))
-    return approx_attention.detach().topk(kept, dim=-1, sorted=False).indices
+    scores = approx_attention.detach()
+    ramp = torch.arange(scores.shape[-1], 0, -1, device=scores.device, dtype=scores.dtype) * _ZERO_RANK_STEP
+    return torch.where(scores == 0, ramp - _ZERO_RANK_STEP * (scores.shape[-1] + 1), scores).topk(kept, dim=-1).indices
 
 
 class SparsifinerMaskPredictor(nn.Module):
