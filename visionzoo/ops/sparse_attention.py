@@ -36,9 +36,9 @@ def _check_arguments(q, k, v, key_index, dense_queries) -> None:
 def keep_mask(key_index: torch.Tensor, num_keys: int, dense_queries: int = 0) -> torch.Tensor:
     """The boolean (B, H, Nq, Nk) mask that ``key_index`` describes (True: the query attends to the key)."""
     batch, heads, sparse_queries, kept = key_index.shape
-    mask = torch.zeros(batch, heads, sparse_queries, num_keys, dtype=torch.bool, device=key_index.device)
-    # A tensor source, not a scalar: the scalar form of scatter is what the TorchScript ONNX exporter rejects.
-    mask = mask.scatter(-1, key_index, torch.ones_like(key_index, dtype=torch.bool))
+    mask = torch.zeros(batch, heads, sparse_queries, num_keys, device=key_index.device)
+    # A float tensor source, not a scalar (the TorchScript ONNX exporter rejects that) nor bool (Core ML does).
+    mask = mask.scatter(-1, key_index, torch.ones(key_index.shape, device=key_index.device)) > 0
     everything = torch.ones(batch, heads, dense_queries, num_keys, dtype=torch.bool, device=key_index.device)
     return torch.cat([everything, mask], dim=2)
 
