@@ -28,6 +28,7 @@ SPEC_VARIANTS = {
     "litv2": ["vz_litv2_small", "vz_litv2_medium", "vz_litv2_base"],
     "s2aformer": [f"vz_s2aformer_{v}" for v in ("mini", "t", "xs", "s", "m")],
     "spectformer": [f"vz_spectformer_{v}" for v in ("t", "xs", "s", "b", "h_s", "h_b", "h_l")],
+    "sparsifiner": ["vz_sparsifiner_deit_small"],
 }
 SPEC_NAMES = {name for names in SPEC_VARIANTS.values() for name in names}
 RECIPES = sorted(CONFIGS_DIR.glob("*.yaml"))

@@ -207,6 +207,7 @@ def test_shipped_fast_backends_keep_todays_cpu_choices():
         "hilo_attention": ["sdpa"], "scaled_dot_product_attention": ["sdpa"], "window_attention": ["sdpa"],
         "strip_attention": ["conv_bmm"],
         "spectral_gating": ["fft"],
+        "sparse_topk_attention": ["sdpa"],
     }
 
 

@@ -23,6 +23,17 @@ SCHEMA = "visionzoo.bench/1"
 PHASES = ("build", "count", "runtime", "memory", "throughput", "latency", "train", "vs")
 
 
+def _build_baseline(build_other: Callable[..., nn.Module], name: str, img_size: int | None) -> nn.Module:
+    """The --vs baseline; at a forced --img-size, built for that size where its constructor takes one (timm's
+    fixed-size ViTs refuse other inputs otherwise)."""
+    if img_size is not None:
+        try:
+            return build_other(name, img_size=img_size)
+        except TypeError:
+            pass
+    return build_other(name)
+
+
 def _time_against(zoo_model: nn.Module, zoo_macs: float, settings: BenchSettings, timer: Timer, vs: str,
                   pair: dict | None, build_other: Callable[[str], nn.Module]) -> dict:
     zoo_size = input_size_of(zoo_model, settings.img_size)
@@ -30,7 +41,7 @@ def _time_against(zoo_model: nn.Module, zoo_macs: float, settings: BenchSettings
         other = pair.pop("model")
         other_size = zoo_size
     else:
-        other = build_other(vs)
+        other = _build_baseline(build_other, vs, settings.img_size)
         other_size = input_size_of(other, settings.img_size)
         pair = {"against": vs, "kind": "baseline"}
     with use_backend(REFERENCE):  # counted as our own models are, should the other be a zoo model

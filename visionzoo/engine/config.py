@@ -28,6 +28,7 @@ DEFAULTS: dict[str, Any] = {
         "drop_path_rate": 0.0,
         "kwargs": {},  # extra create_model arguments
         "checkpoint": None,  # initial weights (fine-tuning), loaded through the family's checkpoint_filter_fn
+        "frozen": None,  # regex: parameters whose names match are not trained (e.g. mask_predictor)
     },
     "data": {
         "dir": None,  # ImageNet-style root holding train/ and val/ with a folder per class
@@ -114,6 +115,15 @@ DEFAULTS: dict[str, Any] = {
         "channels_last": False,
         "compile": False,
         "grad_checkpointing": False,
+    },
+    "distill": {  # a frozen teacher's terms added to the loss (visionzoo/engine/distill.py)
+        "teacher": None,  # None: no distillation; "student": a copy of the student's initial weights; or a model name
+        "teacher_kwargs": {},  # create_model arguments of the teacher (e.g. keep_rate: 1.0 for a dense copy)
+        "teacher_checkpoint": None,  # the weights of a teacher named by model name
+        "task_weight": 1.0,
+        "logits_weight": 0.0,
+        "tokens_weight": 0.0,
+        "attention_weight": 0.0,
     },
     "wandb": {
         "project": "visionzoo",
@@ -256,6 +266,9 @@ OPTIONAL_TYPES = {
     ("wandb", "entity"): str,
     ("wandb", "name"): str,
     ("wandb", "mode"): str,
+    ("model", "frozen"): str,
+    ("distill", "teacher"): str,
+    ("distill", "teacher_checkpoint"): str,
 }
 POSITIVE = {
     ("model", "num_classes"), ("train", "epochs"), ("train", "global_batch_size"), ("train", "eval_every"),

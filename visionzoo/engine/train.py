@@ -11,6 +11,7 @@ import contextlib
 import math
 import os
 import random
+import re
 import sys
 import time
 from pathlib import Path
@@ -47,6 +48,7 @@ from visionzoo.engine.checkpoint import (
 )
 from visionzoo.engine.config import DEFAULTS, ConfigError, derive, load_config, save_config
 from visionzoo.engine.cpu_bf16 import conv_guard
+from visionzoo.engine.distill import DistillationStudent, build_distillation
 from visionzoo.engine.distributed import (
     DistInfo,
     all_gather_objects,
@@ -176,6 +178,20 @@ def build_model(cfg: dict) -> nn.Module:
     return timm.create_model(spec["name"], **kwargs)
 
 
+def freeze_parameters(model: nn.Module, pattern: str | None) -> None:
+    """Stop training the parameters whose names match ``pattern`` (a regex searched in each name)."""
+    if not pattern:
+        return
+    matched = [name for name, param in model.named_parameters() if re.search(pattern, name)]
+    if not matched:
+        raise ConfigError(f"model.frozen={pattern!r} matches no parameter of {type(model).__name__}")
+    if len(matched) == len(list(model.parameters())):
+        raise ConfigError(f"model.frozen={pattern!r} matches every parameter: nothing would train")
+    for name, param in model.named_parameters():
+        if name in matched:
+            param.requires_grad_(False)
+
+
 def param_groups_with_lr_multipliers(model: nn.Module, weight_decay: float, multipliers: dict[str, float]) -> list:
     """Weight-decay groups (none on 1-D tensors, biases and ``no_weight_decay()``) split by lr factor.
 
@@ -287,6 +303,7 @@ class Trainer:
             )
 
         model = build_model(cfg)
+        freeze_parameters(model, cfg["model"]["frozen"])
         if runtime["grad_checkpointing"]:
             model.set_grad_checkpointing(True)
         model.to(info.device)
@@ -335,12 +352,18 @@ class Trainer:
         if cfg["ema"]["enabled"]:
             self.ema = ModelEmaV3(model, decay=cfg["ema"]["decay"], use_warmup=cfg["ema"]["warmup"])
         self.mixup, self.train_loss_fn = build_losses(cfg, cfg["model"]["num_classes"])
+        self.distill = None
+        trained: nn.Module = model
+        if cfg["distill"]["teacher"]:
+            self.distill = build_distillation(cfg["distill"], model, cfg["model"]["name"], cfg["model"]["num_classes"],
+                                              self.train_loss_fn, create_model)
+            trained = DistillationStudent(model, self.distill.student_record)
 
         self.ddp = None
         if info.world_size > 1:
             device_ids = [info.device.index] if info.device.type == "cuda" else None
-            self.ddp = DistributedDataParallel(model, device_ids=device_ids)
-        wrapped = model if self.ddp is None else self.ddp
+            self.ddp = DistributedDataParallel(trained, device_ids=device_ids)
+        wrapped = trained if self.ddp is None else self.ddp
         self.train_model = torch.compile(wrapped) if runtime["compile"] else wrapped
 
         self.epoch = 0
@@ -540,7 +563,11 @@ class Trainer:
                 sync = micro == accum - 1 or self.ddp is None
                 with (contextlib.nullcontext() if sync else self.ddp.no_sync()), conv_guard(info.device, self.amp):
                     with autocast_for(info.device, self.amp):
-                        loss = self.train_loss_fn(self.train_model(images), targets)
+                        outputs = self.train_model(images)
+                        if self.distill is None:
+                            loss = self.train_loss_fn(outputs, targets)
+                        else:
+                            loss = self.distill(outputs, images, targets)
                     self.scaler.scale(loss / accum).backward()
                 self.loss_sum += loss.detach().double() * len(images)
                 self.loss_count += len(images)
