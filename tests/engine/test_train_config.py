@@ -26,6 +26,8 @@ SPEC_VARIANTS = {
     + [f"vz_halonet_h{i}" for i in range(5)],
     "transnext": [f"vz_transnext_{v}" for v in ("micro", "tiny", "small", "base", "micro_aaaa")],
     "litv2": ["vz_litv2_small", "vz_litv2_medium", "vz_litv2_base"],
+    "nat": [f"vz_{family}_{size}" for family in ("nat", "dinat") for size in ("mini", "tiny", "small", "base")]
+    + [f"vz_dinat_s_{size}" for size in ("tiny", "small", "base")],
 }
 SPEC_NAMES = {name for names in SPEC_VARIANTS.values() for name in names}
 RECIPES = sorted(CONFIGS_DIR.glob("*.yaml"))

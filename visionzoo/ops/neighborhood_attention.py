@@ -117,7 +117,8 @@ def neighborhood_qk_reference(
 def neighborhood_av_reference(
     attn: torch.Tensor, v: torch.Tensor, kernel_size: int, dilation: int = 1
 ) -> torch.Tensor:
-    """Σ over the k×k neighbours of attn[..., n] · v[neighbour n]: (B, heads, H, W, k²), (B, heads, H, W, d) → (…, d)."""
+    """Σ over the k×k neighbours of attn[..., n] · v[neighbour n]: (B, heads, H, W, k²) and (B, heads, H, W, d)
+    → (B, heads, H, W, d)."""
     _check_av(attn, v, kernel_size, dilation)
     tokens, _ = _neighbor_tables(v.shape[2], v.shape[3], kernel_size, dilation, v.device)
     return torch.einsum("bhijn,bhijnd->bhijd", attn, _gather_neighbors(v, tokens))
@@ -249,7 +250,8 @@ _TILE = 7  # queries per tile and axis; with k = 7 a tile's keys span 13 positio
 
 
 @functools.lru_cache(maxsize=256)
-def _axis_tiles(length: int, kernel_size: int, dilation: int) -> tuple[int, list[int], list[int], list[list[int]], list[int]]:
+def _axis_tiles(length: int, kernel_size: int, dilation: int) -> tuple[int, list[int], list[int], list[list[int]],
+                                                                     list[int]]:
     """One axis cut into tiles of up to ``_TILE`` queries from one dilation group each, with the keys they need.
 
     Returns the tile size t, ``queries`` (tiles · t) and ``keys`` (tiles · span) positions on the axis, ``bias_rows``
@@ -291,8 +293,10 @@ def _neighborhood_attention_tiled(q, k, v, kernel_size, dilation=1, rpb=None, sc
     _check_qk(q, k, kernel_size, dilation, rpb)
     batch, heads, height, width, dim = q.shape
     device = q.device
-    tile_h, *rows = _axis_tiles(height, kernel_size, dilation)
-    tile_w, *cols = _axis_tiles(width, kernel_size, dilation)
+    # Compilers trace the table arithmetic once per shape themselves; the cache is for eager calls.
+    tables = _axis_tiles.__wrapped__ if torch.compiler.is_compiling() else _axis_tiles
+    tile_h, *rows = tables(height, kernel_size, dilation)
+    tile_w, *cols = tables(width, kernel_size, dilation)
     row_queries, row_keys, row_bias, row_outputs = (torch.tensor(t, device=device) for t in rows)
     col_queries, col_keys, col_bias, col_outputs = (torch.tensor(t, device=device) for t in cols)
     span_h, span_w = row_bias.shape[1], col_bias.shape[1]
