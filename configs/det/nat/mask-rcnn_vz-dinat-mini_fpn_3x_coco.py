@@ -5,7 +5,7 @@ _base_ = ['../_base_/mask-rcnn_vz_fpn_3x_coco.py']
 model = dict(
     backbone=dict(
         model_name='vz_dinat_mini', drop_path_rate=0.2, out_norms=True,
-        dilations=((1, 28, 1), (1, 7, 1, 14), (1, 3, 1, 5, 1, 7), (1, 3, 1, 3, 1)),
+        model_kwargs=dict(dilations=((1, 28, 1), (1, 7, 1, 14), (1, 3, 1, 5, 1, 7), (1, 3, 1, 3, 1))),
     ),
     neck=dict(in_channels=[64, 128, 256, 512]),
 )
