@@ -126,3 +126,18 @@ def test_flex_backend_computes_the_reference_in_eager_mode():
 def test_bad_arguments_say_what_to_do(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_exported_tiled_path_keeps_rank_at_most_5_and_the_reference_values():
+    q, k, v, rpb = _inputs(1, 2, 15, 17, 4, 5, bias=True)
+
+    class Attend(torch.nn.Module):
+        def forward(self, q, k, v):
+            return neighborhood_attention(q, k, v, 5, 3, rpb, backend="tiled_sdpa")
+
+    program = torch.export.export(Attend(), (q, k, v))
+    ranks = [len(node.meta["val"].shape) for node in program.graph.nodes
+             if isinstance(node.meta.get("val"), torch.Tensor)]
+    assert max(ranks) <= 5  # Core ML takes rank <= 5, XNNPACK <= 6
+    expected = neighborhood_attention(q, k, v, 5, 3, rpb, backend=REFERENCE)
+    torch.testing.assert_close(program.module()(q, k, v), expected, rtol=1e-5, atol=1e-5)

@@ -280,6 +280,19 @@ def _axis_tiles(length: int, kernel_size: int, dilation: int) -> tuple[int, list
     return tile, queries, keys, bias_rows, outputs
 
 
+@functools.lru_cache(maxsize=64)
+def _tile_bias_index(height: int, width: int, kernel_size: int, dilation: int) -> torch.Tensor:
+    """(tiles, t_h·t_w, span_h·span_w) int64 CPU index into a (2k)×(2k) bias table flattened (row and column
+    2k − 1 hold −∞): each tile's queries against the keys its windows cover. Built once per shape outside any
+    graph in eager mode and under export, so that its rank-6 arithmetic never reaches an exported program."""
+    tile_h, _, _, row_bias, _ = _axis_tiles.__wrapped__(height, kernel_size, dilation)
+    tile_w, _, _, col_bias, _ = _axis_tiles.__wrapped__(width, kernel_size, dilation)
+    rows = torch.tensor(row_bias).reshape(-1, tile_h, 1, len(row_bias[0]), 1)
+    cols = torch.tensor(col_bias).reshape(-1, 1, tile_w, 1, len(col_bias[0]))
+    index = rows[:, None] * (2 * kernel_size) + cols[None]  # (tiles_h, tiles_w, t_h, t_w, span_h, span_w)
+    return index.reshape(rows.shape[0] * cols.shape[0], tile_h * tile_w, -1)
+
+
 def _tiled_supports(q, k, v, kernel_size, dilation=1, rpb=None, scale=None) -> bool:
     return q.device.type == "cpu" and q.shape == v.shape
 
@@ -289,37 +302,44 @@ def _tiled_supports(q, k, v, kernel_size, dilation=1, rpb=None, scale=None) -> b
 def _neighborhood_attention_tiled(q, k, v, kernel_size, dilation=1, rpb=None, scale=None):
     # The gather reference is a matrix-vector product per query over k² copied keys; here each tile of t×t queries
     # from one dilation group attends densely (one SDPA call, fused softmax) to the (t+k−1)² keys its windows
-    # cover, and an additive mask carries both the bias and the −∞ of keys outside a query's window.
+    # cover, and an additive mask carries both the bias and the −∞ of keys outside a query's window. Tensors stay
+    # at rank ≤ 5 (XNNPACK takes ≤ 6, Core ML ≤ 5).
     _check_qk(q, k, kernel_size, dilation, rpb)
     batch, heads, height, width, dim = q.shape
     device = q.device
-    # Compilers trace the table arithmetic once per shape themselves; the cache is for eager calls.
-    tables = _axis_tiles.__wrapped__ if torch.compiler.is_compiling() else _axis_tiles
-    tile_h, *rows = tables(height, kernel_size, dilation)
-    tile_w, *cols = tables(width, kernel_size, dilation)
-    row_queries, row_keys, row_bias, row_outputs = (torch.tensor(t, device=device) for t in rows)
-    col_queries, col_keys, col_bias, col_outputs = (torch.tensor(t, device=device) for t in cols)
-    span_h, span_w = row_bias.shape[1], col_bias.shape[1]
-    tiles_h, tiles_w = row_queries.numel() // tile_h, col_queries.numel() // tile_w
+    # Dynamo traces the table arithmetic once per shape itself (it would ignore the caches); eager calls and
+    # export (which runs this Python as is) read the caches, so the tables enter an exported program as constants.
+    compiling = torch.compiler.is_dynamo_compiling()
+    tables = _axis_tiles.__wrapped__ if compiling else _axis_tiles
+    tile_h, row_queries, row_keys, _, row_outputs = tables(height, kernel_size, dilation)
+    tile_w, col_queries, col_keys, _, col_outputs = tables(width, kernel_size, dilation)
+    bias_index = (_tile_bias_index.__wrapped__ if compiling else _tile_bias_index)(height, width, kernel_size,
+                                                                                  dilation).to(device)
+    tiles_h, tiles_w = len(row_queries) // tile_h, len(col_queries) // tile_w
+    span_h, span_w = len(row_keys) // tiles_h, len(col_keys) // tiles_w
 
     def tiles(x, row_index, col_index, size_h, size_w):
-        x = x[:, :, row_index][:, :, :, col_index]
-        x = x.reshape(batch, heads, tiles_h, size_h, tiles_w, size_w, dim).permute(2, 4, 1, 0, 3, 5, 6)
+        # (B, heads, H, W, d) → (tiles · heads, B, size_h · size_w, d), heads before batch to meet the mask.
+        x = x.transpose(0, 1).reshape(heads * batch, height, width, dim)
+        x = x[:, torch.tensor(row_index, device=device)][:, :, torch.tensor(col_index, device=device)]
+        x = x.reshape(heads * batch, tiles_h, size_h, tiles_w, size_w * dim).permute(1, 3, 0, 2, 4)
         return x.reshape(tiles_h * tiles_w * heads, batch, size_h * size_w, dim)
 
     table = torch.zeros(heads, 2 * kernel_size - 1, 2 * kernel_size - 1, dtype=q.dtype, device=device)
     if rpb is not None:
         table = rpb.to(q.dtype)
-    table = torch.nn.functional.pad(table, (0, 1, 0, 1), value=float("-inf"))
-    row_bias = row_bias.reshape(tiles_h, tile_h, span_h)
-    col_bias = col_bias.reshape(tiles_w, tile_w, span_w)
-    mask = table[:, row_bias[:, None, :, None, :, None], col_bias[None, :, None, :, None, :]]
-    mask = mask.permute(1, 2, 0, 3, 4, 5, 6).reshape(tiles_h * tiles_w * heads, 1, tile_h * tile_w, span_h * span_w)
+    table = torch.nn.functional.pad(table, (0, 1, 0, 1), value=float("-inf")).flatten(1)
+    mask = table[:, bias_index].transpose(0, 1)
+    mask = mask.reshape(tiles_h * tiles_w * heads, 1, tile_h * tile_w, span_h * span_w)
     out = torch.nn.functional.scaled_dot_product_attention(
         tiles(q, row_queries, col_queries, tile_h, tile_w), tiles(k, row_keys, col_keys, span_h, span_w),
         tiles(v, row_keys, col_keys, span_h, span_w), attn_mask=mask, scale=scale,
     )
-    out = out.reshape(tiles_h, tiles_w, heads, batch, tile_h, tile_w, dim).permute(3, 2, 0, 4, 1, 5, 6)
-    out = out.reshape(batch, heads, tiles_h * tile_h, tiles_w * tile_w, dim)
-    return out[:, :, row_outputs][:, :, :, col_outputs]
-
+    if torch.compiler.is_exporting():
+        # torch.export would bake in a view that holds only for the fused kernel's output strides; ExecuTorch
+        # decomposes SDPA into math ops whose output is laid out otherwise, so the program copies explicitly.
+        out = out.clone(memory_format=torch.contiguous_format)
+    out = out.reshape(tiles_h, tiles_w, heads * batch, tile_h, tile_w * dim).permute(2, 0, 3, 1, 4)
+    out = out.reshape(heads, batch, tiles_h * tile_h, tiles_w * tile_w, dim)
+    out = out[:, :, torch.tensor(row_outputs, device=device)][:, :, :, torch.tensor(col_outputs, device=device)]
+    return out.transpose(0, 1)
