@@ -57,8 +57,10 @@ class NeighborhoodAttention2d(nn.Module):
         height, width = x.shape[1], x.shape[2]
         x = pad_to_span(x, self.kernel_size * self.dilation)
         batch, padded_h, padded_w, channels = x.shape
-        qkv = self.qkv(x).view(batch, padded_h, padded_w, 3, self.num_heads, channels // self.num_heads)
-        q, k, v = qkv.permute(3, 0, 4, 1, 2, 5).unbind(0)
+        # Rank 5 at most (Core ML's limit): tokens flattened while the heads are split off.
+        qkv = self.qkv(x).view(batch, padded_h * padded_w, 3, self.num_heads, channels // self.num_heads)
+        shape = (batch, self.num_heads, padded_h, padded_w, channels // self.num_heads)
+        q, k, v = (t.reshape(shape) for t in qkv.permute(2, 0, 3, 1, 4).unbind(0))
         out = neighborhood_attention(q, k, v, self.kernel_size, self.dilation, self.rpb)
         out = out.permute(0, 2, 3, 1, 4).reshape(batch, padded_h, padded_w, channels)
         return self.proj(out[:, :height, :width])
