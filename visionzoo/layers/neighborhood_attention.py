@@ -60,7 +60,8 @@ class NeighborhoodAttention2d(nn.Module):
         # Rank 5 at most (Core ML's limit): tokens flattened while the heads are split off.
         qkv = self.qkv(x).view(batch, padded_h * padded_w, 3, self.num_heads, channels // self.num_heads)
         shape = (batch, self.num_heads, padded_h, padded_w, channels // self.num_heads)
-        q, k, v = (t.reshape(shape) for t in qkv.permute(2, 0, 3, 1, 4).unbind(0))
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        q, k, v = q.reshape(shape), k.reshape(shape), v.reshape(shape)
         out = neighborhood_attention(q, k, v, self.kernel_size, self.dilation, self.rpb)
         out = out.permute(0, 2, 3, 1, 4).reshape(batch, padded_h, padded_w, channels)
         return self.proj(out[:, :height, :width])
