@@ -16,6 +16,9 @@ DATA = Path(__file__).parent / "data"
 MANIFESTS = {
     "vz_transnext_micro": DATA / "transnext_keys" / "transnext_micro.tsv",
     "vz_litv2_small": DATA / "keys" / "litv2_small.tsv",
+    "vz_nat_mini": DATA / "nat" / "nat_mini.tsv",
+    "vz_dinat_mini": DATA / "nat" / "dinat_mini.tsv",
+    "vz_dinat_s_tiny": DATA / "nat" / "dinat_s_tiny.tsv",
 }
 COMMIT = "c0ffee" + "0" * 34
 

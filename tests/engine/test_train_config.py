@@ -29,6 +29,8 @@ SPEC_VARIANTS = {
     "s2aformer": [f"vz_s2aformer_{v}" for v in ("mini", "t", "xs", "s", "m")],
     "spectformer": [f"vz_spectformer_{v}" for v in ("t", "xs", "s", "b", "h_s", "h_b", "h_l")],
     "sparsifiner": ["vz_sparsifiner_deit_small"],
+    "nat": [f"vz_{family}_{size}" for family in ("nat", "dinat") for size in ("mini", "tiny", "small", "base")]
+    + [f"vz_dinat_s_{size}" for size in ("tiny", "small", "base")],
 }
 SPEC_NAMES = {name for names in SPEC_VARIANTS.values() for name in names}
 RECIPES = sorted(CONFIGS_DIR.glob("*.yaml"))

@@ -307,7 +307,10 @@ def weights_summary(variant: str) -> str:
     for item in weights:
         host = SOURCE_LABELS[item["source"]]
         if item["source"] == "official":
-            host += ", HF hub" if item.get("hf_hub_id") else ", GitHub release"
+            if item.get("hf_hub_id"):
+                host += ", HF hub"
+            else:
+                host += ", GitHub release" if "github.com/" in item["url"] else ", authors' site"
         hosts.append(host)
     tags = ", ".join(f"`{item['tag']}`" for item in weights)
     return f"{tags} ({' / '.join(dict.fromkeys(hosts))})"
