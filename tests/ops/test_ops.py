@@ -204,6 +204,7 @@ def test_shipped_fast_backends_keep_todays_cpu_choices():
         "channels_first_attention": ["reference"], "deform_conv2d": ["reference"],
         "gated_positional_attention": ["sdpa_split"], "halo_attention": ["blocked_bmm"],
         "hilo_attention": ["sdpa"], "scaled_dot_product_attention": ["sdpa"], "window_attention": ["sdpa"],
+        "neighborhood_attention": ["tiled_sdpa"], "neighborhood_av": ["reference"], "neighborhood_qk": ["reference"],
     }
 
 

@@ -39,6 +39,7 @@ from visionzoo.ops._dispatch import (
     use_backend,
 )
 from visionzoo.ops.attention import scaled_dot_product_attention, sdpa_reference
+from visionzoo.ops.neighborhood_attention import neighborhood_attention, neighborhood_av, neighborhood_qk
 
 for _module in _pkgutil.iter_modules(__path__):
     if not _module.name.startswith("_"):
@@ -62,4 +63,7 @@ __all__ = [
     "use_backend",
     "scaled_dot_product_attention",
     "sdpa_reference",
+    "neighborhood_attention",
+    "neighborhood_av",
+    "neighborhood_qk",
 ]

@@ -1,0 +1,321 @@
+"""2-D neighbourhood attention with NATTEN's semantics: NAT (Hassani et al., CVPR 2023, arXiv 2204.07143) and
+its dilated form DiNAT (Hassani & Shi, arXiv 2209.15001).
+
+Every query (i, j) of an H×W map attends to a k×k set of keys: per axis, k keys spaced by the dilation δ, taken
+from the query's dilation group (positions congruent to the query modulo δ) and centred on the query except near a
+border, where the window is shifted inward so that it never leaves the map (no padding, no masking). Dilated
+attention is therefore ordinary neighbourhood attention run on each of the δ×δ sub-grids ``x[g::δ, h::δ]``.
+The optional relative position bias ``rpb`` (heads, 2k − 1, 2k − 1) is indexed by *key minus query* counted in
+dilated steps, plus k − 1, per axis; near a border that is not the offset from the window centre.
+
+Layout: q, k, v are (B, heads, H, W, head_dim); the attention logits and weights of the two halves are
+(B, heads, H, W, k²) with the neighbours flattened row-major (row offset · k + column offset), which is the layout of
+NATTEN's ``na2d_qk`` / ``na2d_av``. Every axis must hold at least k·δ positions (NATTEN ≥ 0.17 refuses smaller maps
+too; NAT's layers pad their input up to that size before projecting, see :mod:`visionzoo.models.nat`).
+
+* :func:`neighborhood_qk` — q·k for every neighbour, plus the bias (NATTEN ``na2d_qk``; q not scaled here).
+* :func:`neighborhood_av` — the weighted sum of the neighbours' values (``na2d_av``; OverLoCK feeds per-pixel
+  dynamic kernels through it).
+* :func:`neighborhood_attention` — softmax(q·k · scale + bias) applied to v, the two halves in one op.
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from visionzoo.ops._dispatch import Op, Sample, seeded_randn, trace_leaf
+
+
+def _check_window(height: int, width: int, kernel_size: int, dilation: int) -> None:
+    if not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
+        raise ValueError(f"neighbourhood attention needs an odd integer kernel_size >= 1, got {kernel_size!r}")
+    if not isinstance(dilation, int) or dilation < 1:
+        raise ValueError(f"neighbourhood attention needs an integer dilation >= 1, got {dilation!r}")
+    span = kernel_size * dilation
+    if height < span or width < span:
+        raise ValueError(
+            f"a {height}x{width} map is smaller than kernel_size * dilation = {kernel_size}*{dilation} = {span} "
+            f"on some axis; pad the map to at least {span}x{span} first (NAT pads its normed input, "
+            f"see visionzoo.models.nat)"
+        )
+
+
+def _check_qk(q: torch.Tensor, k: torch.Tensor, kernel_size: int, dilation: int, rpb: torch.Tensor | None) -> None:
+    if q.dim() != 5 or k.shape != q.shape:
+        raise ValueError(
+            f"neighbourhood attention expects q and k of one shape (B, heads, H, W, head_dim), "
+            f"got {tuple(q.shape)} and {tuple(k.shape)}"
+        )
+    _check_window(q.shape[2], q.shape[3], kernel_size, dilation)
+    table = 2 * kernel_size - 1
+    if rpb is not None and tuple(rpb.shape) != (q.shape[1], table, table):
+        raise ValueError(
+            f"rpb must be (heads, 2k-1, 2k-1) = ({q.shape[1]}, {table}, {table}) for kernel_size {kernel_size}, "
+            f"got {tuple(rpb.shape)}"
+        )
+
+
+def _check_av(attn: torch.Tensor, v: torch.Tensor, kernel_size: int, dilation: int) -> None:
+    if attn.dim() != 5 or v.dim() != 5 or attn.shape[:4] != v.shape[:4] or attn.shape[4] != kernel_size**2:
+        raise ValueError(
+            f"neighborhood_av expects attention (B, heads, H, W, k*k) and values (B, heads, H, W, head_dim) with "
+            f"k = {kernel_size}, got {tuple(attn.shape)} and {tuple(v.shape)}"
+        )
+    _check_window(v.shape[2], v.shape[3], kernel_size, dilation)
+
+
+@trace_leaf
+def neighbor_indices(
+    length: int, kernel_size: int, dilation: int = 1, device=None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-axis neighbour tables of one axis of ``length`` positions: ``(neighbours, bias_rows)``, each (L, k) int64.
+
+    ``neighbours[i, m]`` is the position of query i's m-th key and ``bias_rows[i, m]`` its row in the
+    (2k − 1)-row bias table: key minus query in dilated steps, plus k − 1.
+    """
+    position = torch.arange(length, device=device)
+    group = position % dilation
+    in_group = position // dilation
+    group_length = (length - group + dilation - 1) // dilation
+    start = torch.minimum((in_group - kernel_size // 2).clamp(min=0), group_length - kernel_size)
+    window = start[:, None] + torch.arange(kernel_size, device=device)
+    return group[:, None] + window * dilation, window - in_group[:, None] + (kernel_size - 1)
+
+
+def _neighbor_tables(height: int, width: int, kernel_size: int, dilation: int, device):
+    """(H, W, k²) flat token index of every neighbour and (H, W, k²) flat index into a (2k−1)² bias table."""
+    rows, bias_rows = neighbor_indices(height, kernel_size, dilation, device)
+    cols, bias_cols = neighbor_indices(width, kernel_size, dilation, device)
+    tokens = rows[:, None, :, None] * width + cols[None, :, None, :]
+    bias = bias_rows[:, None, :, None] * (2 * kernel_size - 1) + bias_cols[None, :, None, :]
+    flat = (height, width, kernel_size * kernel_size)
+    return tokens.reshape(flat), bias.reshape(flat)
+
+
+def _gather_neighbors(x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """(B, heads, H, W, d) → (B, heads, H, W, k², d): each position's neighbours, by flat token index."""
+    batch, heads, height, width, dim = x.shape
+    return x.reshape(batch, heads, height * width, dim)[:, :, tokens]
+
+
+def _bias(rpb: torch.Tensor, bias_index: torch.Tensor) -> torch.Tensor:
+    """(heads, 2k−1, 2k−1) table → (heads, H, W, k²) bias of every query's neighbours."""
+    return rpb.flatten(1)[:, bias_index]
+
+
+def neighborhood_qk_reference(
+    q: torch.Tensor, k: torch.Tensor, kernel_size: int, dilation: int = 1, rpb: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Logits q·k (plus ``rpb``) of every query against its k×k neighbours: (B, heads, H, W, k²). q is not scaled."""
+    _check_qk(q, k, kernel_size, dilation, rpb)
+    tokens, bias_index = _neighbor_tables(q.shape[2], q.shape[3], kernel_size, dilation, q.device)
+    logits = torch.einsum("bhijd,bhijnd->bhijn", q, _gather_neighbors(k, tokens))
+    return logits if rpb is None else logits + _bias(rpb, bias_index).to(logits.dtype)
+
+
+def neighborhood_av_reference(
+    attn: torch.Tensor, v: torch.Tensor, kernel_size: int, dilation: int = 1
+) -> torch.Tensor:
+    """Σ over the k×k neighbours of attn[..., n] · v[neighbour n]: (B, heads, H, W, k²), (B, heads, H, W, d) → (…, d)."""
+    _check_av(attn, v, kernel_size, dilation)
+    tokens, _ = _neighbor_tables(v.shape[2], v.shape[3], kernel_size, dilation, v.device)
+    return torch.einsum("bhijn,bhijnd->bhijd", attn, _gather_neighbors(v, tokens))
+
+
+def neighborhood_attention_reference(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    kernel_size: int,
+    dilation: int = 1,
+    rpb: torch.Tensor | None = None,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """softmax(q·k · scale + rpb) over each query's k×k neighbours, applied to their values: (B, heads, H, W, d)."""
+    if v.shape[:4] != q.shape[:4]:
+        raise ValueError(f"v must share q's (B, heads, H, W), got q {tuple(q.shape)} and v {tuple(v.shape)}")
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    logits = neighborhood_qk_reference(q * scale, k, kernel_size, dilation, rpb)
+    return neighborhood_av_reference(logits.softmax(dim=-1), v, kernel_size, dilation)
+
+
+neighborhood_qk = Op("neighborhood_qk", neighborhood_qk_reference)
+neighborhood_av = Op("neighborhood_av", neighborhood_av_reference)
+neighborhood_attention = Op("neighborhood_attention", neighborhood_attention_reference)
+
+
+# Shapes cover odd maps, maps just larger than the window (k·δ + 1), dilations 2 and 3, batch 1 and one map
+# whose length is not a multiple of the dilation (groups of unequal length).
+_SAMPLE_SHAPES = [
+    ("batch 1, 9x11 map, k=3, dilation 2", 1, 2, 9, 11, 4, 3, 2),
+    ("8x7 map just above k=7, dilation 1", 2, 1, 8, 7, 3, 7, 1),
+    ("13x10 map, k=3, dilation 3", 1, 3, 13, 10, 5, 3, 3),
+]
+
+
+def _shaped_samples(seed: int, make_args) -> list[Sample]:
+    """One sample per shape of ``_SAMPLE_SHAPES``; ``make_args(randn, map_shape, kernel, dilation)`` builds its args."""
+    randn = seeded_randn(seed)
+    return [Sample(label, make_args(randn, (batch, heads, height, width, dim), kernel, dilation))
+            for label, batch, heads, height, width, dim, kernel, dilation in _SAMPLE_SHAPES]
+
+
+def _bias_table(randn, heads: int, kernel: int) -> torch.Tensor:
+    return randn(heads, 2 * kernel - 1, 2 * kernel - 1)
+
+
+@neighborhood_attention.sample_inputs
+def _attention_samples() -> list[Sample]:
+    samples = _shaped_samples(0, lambda randn, shape, kernel, dilation: (
+        randn(shape), randn(shape), randn(shape), kernel, dilation, _bias_table(randn, shape[1], kernel)))
+    randn = seeded_randn(3)
+    q, k, v = (randn(1, 2, 5, 5, 3) for _ in range(3))
+    return [*samples, Sample("no bias, given scale", (q, k, v, 3, 1), {"scale": 0.7})]
+
+
+@neighborhood_qk.sample_inputs
+def _qk_samples() -> list[Sample]:
+    return _shaped_samples(1, lambda randn, shape, kernel, dilation: (
+        randn(shape), randn(shape), kernel, dilation, _bias_table(randn, shape[1], kernel)))
+
+
+@neighborhood_av.sample_inputs
+def _av_samples() -> list[Sample]:
+    return _shaped_samples(2, lambda randn, shape, kernel, dilation: (
+        randn(*shape[:4], kernel * kernel), randn(shape), kernel, dilation))
+
+
+@functools.lru_cache(maxsize=64)
+def _flex_block_mask(height: int, width: int, kernel_size: int, dilation: int, device: str):
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    mask_mod = _flex_mask_mod(height, width, kernel_size, dilation)
+    tokens = height * width
+    return create_block_mask(mask_mod, B=None, H=None, Q_LEN=tokens, KV_LEN=tokens, device=device)
+
+
+def _axis_window_start(position, length: int, kernel_size: int, dilation: int):
+    """Window start, in group steps, of the query at ``position`` (the rule of :func:`neighbor_indices`)."""
+    group = position % dilation
+    group_length = (length - group + dilation - 1) // dilation
+    start = torch.clamp(position // dilation - kernel_size // 2, min=0)
+    return torch.minimum(start, group_length - kernel_size)
+
+
+def _flex_mask_mod(height: int, width: int, kernel_size: int, dilation: int):
+    def axis_keeps(query, key, length):
+        start = _axis_window_start(query, length, kernel_size, dilation)
+        step = key // dilation
+        same_group = (query % dilation) == (key % dilation)
+        return same_group & (step >= start) & (step < start + kernel_size)
+
+    def mask_mod(batch, head, q_index, kv_index):
+        return axis_keeps(q_index // width, kv_index // width, height) & axis_keeps(
+            q_index % width, kv_index % width, width
+        )
+
+    return mask_mod
+
+
+@neighborhood_attention.register(
+    "flex", priority=10, devices=("cuda",), portable=False,
+    supports=lambda q, k, v, *args, **kwargs: q.shape[-1] >= 16 and q.shape == v.shape,
+)
+def _neighborhood_attention_flex(q, k, v, kernel_size, dilation=1, rpb=None, scale=None):
+    # FlexAttention skips the blocks of the flattened H·W × H·W score matrix that the mask empties, so the cost
+    # follows the k² neighbours rather than the whole map; the bias is a score_mod read from the captured table.
+    from torch.nn.attention.flex_attention import flex_attention
+
+    _check_qk(q, k, kernel_size, dilation, rpb)
+    batch, heads, height, width, dim = q.shape
+    block_mask = _flex_block_mask(height, width, kernel_size, dilation, str(q.device))
+    score_mod = None
+    if rpb is not None:
+        last = 2 * kernel_size - 2
+
+        def score_mod(score, b, h, q_index, kv_index):
+            row = (kv_index // width) // dilation - (q_index // width) // dilation + (kernel_size - 1)
+            col = (kv_index % width) // dilation - (q_index % width) // dilation + (kernel_size - 1)
+            return score + rpb[h, row.clamp(0, last), col.clamp(0, last)].to(score.dtype)
+
+    out = flex_attention(q.reshape(batch, heads, height * width, dim), k.reshape(batch, heads, height * width, dim),
+                         v.reshape(batch, heads, height * width, dim), score_mod=score_mod, block_mask=block_mask,
+                         scale=scale)
+    return out.reshape(batch, heads, height, width, dim)
+
+
+_TILE = 7  # queries per tile and axis; with k = 7 a tile's keys span 13 positions, (13/7)² ≈ 3.4× the k² needed
+
+
+@functools.lru_cache(maxsize=256)
+def _axis_tiles(length: int, kernel_size: int, dilation: int) -> tuple[int, list[int], list[int], list[list[int]], list[int]]:
+    """One axis cut into tiles of up to ``_TILE`` queries from one dilation group each, with the keys they need.
+
+    Returns the tile size t, ``queries`` (tiles · t) and ``keys`` (tiles · span) positions on the axis, ``bias_rows``
+    (tiles · t rows of span entries: the row of the (2k−1)-row bias table, or 2k − 1 where the key is outside
+    the query's window), and ``outputs``: for each position, its slot in ``queries``. A short group repeats its
+    last query (and key) to fill the tile; the repeats are masked or dropped.
+    """
+    group_lengths = [(length - group + dilation - 1) // dilation for group in range(dilation)]
+    tile = min(_TILE, max(group_lengths))
+    span = min(tile + kernel_size - 1, max(group_lengths))
+    queries, keys, bias_rows, outputs = [], [], [], [0] * length
+    for group, group_length in enumerate(group_lengths):
+        for first in range(0, group_length, tile):
+            steps = [min(first + slot, group_length - 1) for slot in range(tile)]
+            starts = [min(max(step - kernel_size // 2, 0), group_length - kernel_size) for step in steps]
+            region = max(0, min(starts[0], group_length - span))
+            for slot, (step, start) in enumerate(zip(steps, starts)):
+                if first + slot < group_length:
+                    outputs[group + step * dilation] = len(queries)
+                queries.append(group + step * dilation)
+                bias_rows.append([
+                    key - step + kernel_size - 1 if start <= key < start + kernel_size else 2 * kernel_size - 1
+                    for key in range(region, region + span)
+                ])
+            keys.extend(group + min(key, group_length - 1) * dilation for key in range(region, region + span))
+    return tile, queries, keys, bias_rows, outputs
+
+
+def _tiled_supports(q, k, v, kernel_size, dilation=1, rpb=None, scale=None) -> bool:
+    return q.device.type == "cpu" and q.shape == v.shape
+
+
+@neighborhood_attention.register("tiled_sdpa", priority=10, devices=("cpu",), portable=True,
+                                 supports=_tiled_supports)
+def _neighborhood_attention_tiled(q, k, v, kernel_size, dilation=1, rpb=None, scale=None):
+    # The gather reference is a matrix-vector product per query over k² copied keys; here each tile of t×t queries
+    # from one dilation group attends densely (one SDPA call, fused softmax) to the (t+k−1)² keys its windows
+    # cover, and an additive mask carries both the bias and the −∞ of keys outside a query's window.
+    _check_qk(q, k, kernel_size, dilation, rpb)
+    batch, heads, height, width, dim = q.shape
+    device = q.device
+    tile_h, *rows = _axis_tiles(height, kernel_size, dilation)
+    tile_w, *cols = _axis_tiles(width, kernel_size, dilation)
+    row_queries, row_keys, row_bias, row_outputs = (torch.tensor(t, device=device) for t in rows)
+    col_queries, col_keys, col_bias, col_outputs = (torch.tensor(t, device=device) for t in cols)
+    span_h, span_w = row_bias.shape[1], col_bias.shape[1]
+    tiles_h, tiles_w = row_queries.numel() // tile_h, col_queries.numel() // tile_w
+
+    def tiles(x, row_index, col_index, size_h, size_w):
+        x = x[:, :, row_index][:, :, :, col_index]
+        x = x.reshape(batch, heads, tiles_h, size_h, tiles_w, size_w, dim).permute(2, 4, 1, 0, 3, 5, 6)
+        return x.reshape(tiles_h * tiles_w * heads, batch, size_h * size_w, dim)
+
+    table = torch.zeros(heads, 2 * kernel_size - 1, 2 * kernel_size - 1, dtype=q.dtype, device=device)
+    if rpb is not None:
+        table = rpb.to(q.dtype)
+    table = torch.nn.functional.pad(table, (0, 1, 0, 1), value=float("-inf"))
+    row_bias = row_bias.reshape(tiles_h, tile_h, span_h)
+    col_bias = col_bias.reshape(tiles_w, tile_w, span_w)
+    mask = table[:, row_bias[:, None, :, None, :, None], col_bias[None, :, None, :, None, :]]
+    mask = mask.permute(1, 2, 0, 3, 4, 5, 6).reshape(tiles_h * tiles_w * heads, 1, tile_h * tile_w, span_h * span_w)
+    out = torch.nn.functional.scaled_dot_product_attention(
+        tiles(q, row_queries, col_queries, tile_h, tile_w), tiles(k, row_keys, col_keys, span_h, span_w),
+        tiles(v, row_keys, col_keys, span_h, span_w), attn_mask=mask, scale=scale,
+    )
+    out = out.reshape(tiles_h, tiles_w, heads, batch, tile_h, tile_w, dim).permute(3, 2, 0, 4, 1, 5, 6)
+    out = out.reshape(batch, heads, tiles_h * tile_h, tiles_w * tile_w, dim)
+    return out[:, :, row_outputs][:, :, :, col_outputs]
+
