@@ -16,6 +16,8 @@ DATA = Path(__file__).parent / "data"
 MANIFESTS = {
     "vz_transnext_micro": DATA / "transnext_keys" / "transnext_micro.tsv",
     "vz_litv2_small": DATA / "keys" / "litv2_small.tsv",
+    "vz_overlock_xt": DATA / "overlock" / "overlock_xt.tsv",
+    "vz_overlock_xt_reparam": DATA / "overlock" / "overlock_xt_reparam.tsv",
 }
 COMMIT = "c0ffee" + "0" * 34
 
