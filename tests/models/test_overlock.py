@@ -27,6 +27,13 @@ VARIANTS = [
     for name in ("vz_overlock_xt", "vz_overlock_t", "vz_overlock_s", "vz_overlock_b")
 ]
 RELEASE = "https://github.com/LMMMEng/OverLoCK/releases/download/v1/"
+# The spec's verified counts of the official models (training, reparameterised), auxiliary head included.
+RELEASED_COUNTS = {
+    "vz_overlock_xt": (17_307_272, 16_791_384),
+    "vz_overlock_t": (34_990_472, 33_981_064),
+    "vz_overlock_s": (58_309_772, 56_670_476),
+    "vz_overlock_b": (98_012_968, 95_520_680),
+}
 
 
 def _manifest(name: str, reparam: bool) -> dict[str, tuple[int, ...]]:
@@ -36,10 +43,14 @@ def _manifest(name: str, reparam: bool) -> dict[str, tuple[int, ...]]:
 
 
 @pytest.mark.parametrize("name", VARIANTS)
-def test_parameter_counts_of_both_forms_equal_card(name):
+def test_parameter_counts_of_both_forms_equal_card_and_spec(name):
     card = variant_card(name)
     assert count_params(timm.create_model(name, device="meta")) == card["params"]
     assert count_params(timm.create_model(name, device="meta", deploy=True)) == card["params_reparam"]
+    released = tuple(count_params(timm.create_model(name, device="meta", deploy=deploy, aux_head=True))
+                     for deploy in (False, True))
+    assert released == RELEASED_COUNTS[name]
+    assert released == (card["params"] + card["aux_head_params"], card["params_reparam"] + card["aux_head_params"])
 
 
 @pytest.mark.parametrize("name", VARIANTS)
@@ -55,7 +66,7 @@ def test_reparameterised_macs_match_the_verified_count_and_the_paper(name):
 @pytest.mark.parametrize("name", VARIANTS)
 @pytest.mark.parametrize("reparam", [False, True], ids=["training_layout", "reparam_layout"])
 def test_official_layout_converts_to_every_key_and_shape_of_its_form(name, reparam):
-    model = timm.create_model(name, device="meta", deploy=reparam)
+    model = timm.create_model(name, device="meta", deploy=reparam, aux_head=True)
     official = {key: torch.empty(shape, device="meta") for key, shape in _manifest(name, reparam).items()}
     converted = checkpoint_filter_fn({"state_dict": official}, model)
     assert {key: tuple(value.shape) for key, value in converted.items()} == {
@@ -65,7 +76,7 @@ def test_official_layout_converts_to_every_key_and_shape_of_its_form(name, repar
 
 @pytest.fixture(scope="module")
 def small_model():
-    return randomize_batchnorm(timm.create_model(SMALLEST, num_classes=10)).eval()
+    return randomize_batchnorm(timm.create_model(SMALLEST, num_classes=10, aux_head=True)).eval()
 
 
 def test_release_files_load_offline_into_either_form(offline):
@@ -130,3 +141,5 @@ def test_aux_head_classifies_the_overview_context(small_model):
     model.reset_classifier(3)
     with torch.no_grad():
         assert model.aux_logits(x).shape == (2, 3) and model(x).shape == (2, 3)
+    with pytest.raises(RuntimeError, match="pass aux_head=True"):
+        timm.create_model(SMALLEST, device="meta").aux_logits(x)

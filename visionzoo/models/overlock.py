@@ -11,8 +11,9 @@ query with 7×7 pooled context tokens, and aggregates values over border-clamped
 Module layout: ``stem``; ``stages.0``-``stages.2`` the Base-Net stages, ``stages.3`` the Overview-Net,
 ``context_proj`` its projection to the context width, ``stages.4`` / ``stages.5`` the Focus-Net stages (their
 outputs, stride-16 and stride-32 maps with the context channels appended, are the last two pyramid levels);
-``neck`` (1×1 conv, BN, SiLU) and ``head``; ``aux_head`` is the Overview-Net's auxiliary classifier, used only by
-the paper's training loss. ``deploy=True`` builds the reparameterised form of the official ``*_reparam``
+``neck`` (1×1 conv, BN, SiLU) and ``head``. ``aux_head=True`` adds the Overview-Net's auxiliary classifier, which
+only the paper's training loss uses (``aux_logits``); without it the released files' ``aux_head`` tensors are
+dropped on load, and no parameter of the model goes unused by ``forward``. ``deploy=True`` builds the reparameterised form of the official ``*_reparam``
 checkpoints; ``visionzoo.layers.fuse_model`` reaches it (and folds every BatchNorm) from the training form.
 """
 from __future__ import annotations
@@ -328,6 +329,7 @@ class OverLoCK(Backbone):
         mlp_ratio: float = 4.0,
         focus_mlp_ratio: float = 3.0,
         head_dim: int = 1024,
+        aux_head: bool = False,
         deploy: bool = False,
         drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
@@ -368,7 +370,7 @@ class OverLoCK(Backbone):
         self.aux_head = nn.Sequential(
             nn.BatchNorm2d(embed_dims[3], **dd), nn.AdaptiveAvgPool2d(1),
             *([nn.Conv2d(embed_dims[3], num_classes, 1, **dd)] if num_classes > 0 else []),
-        )
+        ) if aux_head else None
         self.neck = nn.Sequential(*_conv_bn(embed_dims[3] + context_dim, head_dim, dd=dd), nn.SiLU())
         self.feature_info = [
             dict(num_chs=embed_dims[0], reduction=4, module="stages.0"),
@@ -431,7 +433,7 @@ class OverLoCK(Backbone):
         ``prune_norm`` or when level 3 goes. Returns the kept indices."""
         take_indices, max_index = feature_take_indices(len(self.feature_info), indices)
         self.stages = self.stages[: (1, 2, 5, 6)[max_index]]
-        self.aux_head = nn.Identity()
+        self.aux_head = None
         if max_index < 2:
             self.context_proj = nn.Identity()
         if max_index < 3 or prune_norm:
@@ -445,14 +447,16 @@ class OverLoCK(Backbone):
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         super().reset_classifier(num_classes, global_pool)
-        if isinstance(self.aux_head, nn.Sequential):
+        if self.aux_head is not None:
             width = self.aux_head[0].num_features
             conv = [nn.Conv2d(width, num_classes, 1, **self._factory_kwargs())] if num_classes > 0 else []
             self.aux_head = nn.Sequential(*self.aux_head[:2], *conv)
 
     def aux_logits(self, x: torch.Tensor) -> torch.Tensor:
         """The auxiliary classifier's logits on the Overview-Net's context, for the paper's training loss
-        (cross-entropy on the main logits + 0.4 × on these)."""
+        (cross-entropy on the main logits + 0.4 × on these); the model needs ``aux_head=True``."""
+        if self.aux_head is None:
+            raise RuntimeError(f"{self.model_name} was built without its auxiliary head; pass aux_head=True")
         self.check_input(x)
         return self.aux_head(self.stages[3](self.stages[2](self.stages[1](self.stages[0](self.stem(x)))))).flatten(1)
 
@@ -546,6 +550,8 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) 
             converted[key] = value
         state_dict = converted
     own = model.state_dict()
+    if not any(key.startswith("aux_head.") for key in own):
+        state_dict = {key: value for key, value in state_dict.items() if not key.startswith("aux_head.")}
     model_is_merged = not any(key.endswith("origin_bn.weight") for key in own)
     file_is_merged = any(key.endswith("lk_origin.bias") for key in state_dict)
     if file_is_merged and not model_is_merged:
