@@ -464,10 +464,11 @@ class OverLoCK(Backbone):
     def group_matcher(self, coarse: bool = False) -> dict:
         return dict(
             stem=r"^stem",
-            blocks=r"^stages\.(\d+)|^context_proj" if coarse else [
+            # context_proj runs between the Overview-Net (stage 3) and the Focus-Net (stage 4).
+            blocks=[(r"^stages\.(\d+)", None), (r"^context_proj", (3.5,))] if coarse else [
                 (r"^stages\.(\d+)\.downsample", (0,)),
                 (r"^stages\.(\d+)\.blocks\.(\d+)", None),
-                (r"^context_proj", (4,)),
+                (r"^context_proj", (3.5,)),
                 (r"^neck|^aux_head", (99999,)),
             ],
         )
