@@ -42,7 +42,8 @@ class DilatedReparamBlock(nn.Module):
         super().__init__()
         if kernel_size not in DILATED_BRANCHES:
             raise ValueError(
-                f"DilatedReparamBlock has branch settings for kernel sizes {sorted(DILATED_BRANCHES)}, got {kernel_size}"
+                f"DilatedReparamBlock has branch settings for kernel sizes {sorted(DILATED_BRANCHES)}, "
+                f"got {kernel_size}"
             )
         dd = dict(device=device, dtype=dtype)
         self.kernel_size = kernel_size

@@ -13,8 +13,9 @@ Module layout: ``stem``; ``stages.0``-``stages.2`` the Base-Net stages, ``stages
 outputs, stride-16 and stride-32 maps with the context channels appended, are the last two pyramid levels);
 ``neck`` (1×1 conv, BN, SiLU) and ``head``. ``aux_head=True`` adds the Overview-Net's auxiliary classifier, which
 only the paper's training loss uses (``aux_logits``); without it the released files' ``aux_head`` tensors are
-dropped on load, and no parameter of the model goes unused by ``forward``. ``deploy=True`` builds the reparameterised form of the official ``*_reparam``
-checkpoints; ``visionzoo.layers.fuse_model`` reaches it (and folds every BatchNorm) from the training form.
+dropped on load, and no parameter of the model goes unused by ``forward``. ``deploy=True`` builds the
+reparameterised form of the official ``*_reparam`` checkpoints; ``visionzoo.layers.fuse_model`` reaches it (and
+folds every BatchNorm) from the training form.
 """
 from __future__ import annotations
 
@@ -337,7 +338,8 @@ class OverLoCK(Backbone):
         dtype=None,
     ):
         super().__init__(in_chans, num_classes)
-        if not (len(embed_dims) == len(depths) == len(kernel_sizes) == 4 and len(focus_depths) == len(focus_groups) == 2):
+        if not (len(embed_dims) == len(depths) == len(kernel_sizes) == 4
+                and len(focus_depths) == len(focus_groups) == 2):
             raise ValueError(
                 f"OverLoCK needs 4 embed_dims, depths and kernel_sizes and 2 focus_depths and focus_groups, got "
                 f"{len(embed_dims)}, {len(depths)}, {len(kernel_sizes)}, {len(focus_depths)} and {len(focus_groups)}"
