@@ -19,6 +19,8 @@ MANIFESTS = {
     "vz_nat_mini": DATA / "nat" / "nat_mini.tsv",
     "vz_dinat_mini": DATA / "nat" / "dinat_mini.tsv",
     "vz_dinat_s_tiny": DATA / "nat" / "dinat_s_tiny.tsv",
+    "vz_overlock_xt": DATA / "overlock" / "overlock_xt.tsv",
+    "vz_overlock_xt_reparam": DATA / "overlock" / "overlock_xt_reparam.tsv",
 }
 COMMIT = "c0ffee" + "0" * 34
 

@@ -31,6 +31,7 @@ SPEC_VARIANTS = {
     "sparsifiner": ["vz_sparsifiner_deit_small"],
     "nat": [f"vz_{family}_{size}" for family in ("nat", "dinat") for size in ("mini", "tiny", "small", "base")]
     + [f"vz_dinat_s_{size}" for size in ("tiny", "small", "base")],
+    "overlock": [f"vz_overlock_{v}" for v in ("xt", "t", "s", "b")],
 }
 SPEC_NAMES = {name for names in SPEC_VARIANTS.values() for name in names}
 RECIPES = sorted(CONFIGS_DIR.glob("*.yaml"))
@@ -70,6 +71,9 @@ def test_paper_recipes_resolve_to_the_papers_numbers():
     litv2 = derive(load_config("litv2_base"), 8)
     assert (litv2["lr"], litv2["warmup_lr"], litv2["min_lr"]) == pytest.approx((1e-3, 1e-6, 1e-5))
     assert load_config("convit_tiny")["optim"]["lr"] == 5e-4
+    overlock = load_config("overlock_b")
+    assert derive(overlock, 8)["lr"] == pytest.approx(2e-3) and overlock["model"]["drop_path_rate"] == 0.5
+    assert (overlock["optim"]["clip_grad"], overlock["ema"]["decay"]) == (5.0, 0.9999)
 
 
 def test_overrides_are_dotted_yaml_values():
