@@ -30,12 +30,18 @@ from visionzoo.ops.window import window_attention
 SMALLEST = sorted(smallest_per_family())
 # Each family's smallest model is exported to ONNX and ExecuTorch in the default run. ExecuTorch's XNNPACK
 # lowering runs its passes once per delegated partition, which takes TransNeXt-Micro's 21 blocks about ten
-# minutes on two cores: the default run exports it with one block per stage (every mechanism of the family
-# kept), and the registered depth runs under the slow mark and in the export matrix.
+# minutes on two cores: the default run exports the deeper families with one block per stage or kind (every
+# mechanism of the family kept), and the registered depth runs under the slow mark and in the export matrix.
 REDUCED_IN_DEFAULT_RUN = {
     "vz_transnext_micro": {"depths": (1, 1, 1, 1)},
     # One layer per stage, each with its stage's largest DiNAT dilation: the clamped, dilated windows stay covered.
     "vz_dinat_mini": {"depths": (1, 1, 1, 1), "dilations": ((8,), (4,), (2,), (1,))},
+    # One spectral layer and one attention layer; two sparse-attention DeiT blocks (every block is sparse).
+    "vz_spectformer_t": {"depth": 2, "spectral_depth": 1},
+    "vz_sparsifiner_deit_tiny": {"depth": 2},
+    "vz_s2aformer_mini": {"depths": (1, 1, 1, 1)},
+    # One block per Base-Net stage, Overview-Net and Focus-Net stage: the dynamic ContMix kernels stay covered.
+    "vz_overlock_xt": {"depths": (1, 1, 1, 1), "focus_depths": (1, 1)},
 }
 PARITY_PARAMS = [
     pytest.param(name, REDUCED_IN_DEFAULT_RUN.get(name, {}), id=f"{name}-reduced" if name in REDUCED_IN_DEFAULT_RUN else name)

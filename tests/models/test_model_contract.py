@@ -304,6 +304,9 @@ def test_deploy_form_folds_every_conv_batchnorm_and_keeps_outputs(name):
 def test_compile_fullgraph_captures_whole_model(name):
     """Dynamo must capture the model in one graph; ``aot_eager`` checks that without inductor's codegen."""
     skip_if_opted_out(name, "compile_fullgraph_captures_whole_model")
+    # Every family shares Backbone.forward: without a reset, the previous family's input marks its shapes dynamic
+    # and this compile traces symbolic shapes (minutes for HaloNet after a point-cloud model).
+    torch._dynamo.reset()
     model = create(name).eval()
     x = _input(name, batch=1)
     compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
@@ -315,6 +318,7 @@ def test_compile_fullgraph_captures_whole_model(name):
 @pytest.mark.parametrize("name", HEAVY)
 def test_compile_inductor_matches_eager(name):
     skip_if_opted_out(name, "compile_inductor_matches_eager")
+    torch._dynamo.reset()  # as in test_compile_fullgraph_captures_whole_model
     model = create(name).eval()
     x = _input(name, batch=1)
     compiled = torch.compile(model, fullgraph=True)
