@@ -69,7 +69,8 @@ def test_halo_fast_matches_reference(
     reference = halo_attention(**inputs, backend="reference")
     assert reference.shape == (batch, heads, dim_v, height // stride, width // stride)
     assert torch.isfinite(reference).all()
-    for backend in halo_attention.backends:
+    # flex refuses eager CPU calls (tests/ops/test_flex_backends.py covers it compiled).
+    for backend in (name for name in halo_attention.backends if name != "flex"):
         torch.testing.assert_close(halo_attention(**inputs, backend=backend), reference, rtol=1e-5, atol=1e-5)
 
 
