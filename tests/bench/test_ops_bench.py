@@ -71,3 +71,9 @@ def test_cli_writes_the_ops_table(tmp_path, capsys):
     assert doc["settings"]["batch_size"] == 1 and {row["op"] for row in doc["rows"]} >= {"window_attention"}
     assert "| window_attention |" in (tmp_path / "ops.md").read_text()
     assert "eager speedup" in capsys.readouterr().out
+
+
+def test_reference_flops_of_spectral_gating_are_its_two_real_ffts():
+    call = OpCall("spectral_gating", (torch.randn(1, 8, 8, 4), torch.randn(8, 5, 4, 2)), {}, ["test"])
+    one_transform = 2.5 * 64 * 6 * 4  # 2.5·N·log2(N) real FLOPs per 64-point plane, 4 channels
+    assert reference_flops(call) == 2 * one_transform

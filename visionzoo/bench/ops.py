@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
-from visionzoo.bench.flops import flop_counter_mode
+from visionzoo.bench.flops import FFT_FORMULAS, FORMULA_FIXES
 from visionzoo.bench.runner import BenchSettings, input_size_of, make_inputs
 from visionzoo.bench.timing import measure, summarize, timer_for
 from visionzoo.layers.fuse import fuse_model
@@ -88,14 +89,18 @@ def _detached(values):
 
 
 def reference_flops(call: OpCall) -> int:
-    """FLOPs of the op's reference on this call, counted on the meta device (nothing is computed)."""
+    """FLOPs of the op's reference on this call, counted on the meta device (nothing is computed).
+
+    Unlike a model's GMACs, an op's count includes its FFTs (the bench's 2.5·N·log2(N) real FLOPs per N-point
+    real transform): for spectral gating they are most of the work, and a GFLOP/s of zero would hide it."""
 
     def to_meta(value):
         return value.to("meta") if isinstance(value, torch.Tensor) else value
 
     args = tuple(to_meta(v) for v in call.args)
     kwargs = {key: to_meta(v) for key, v in call.kwargs.items()}
-    with torch.no_grad(), flop_counter_mode() as counter:
+    formulas = {**FORMULA_FIXES, **FFT_FORMULAS}
+    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=formulas) as counter:
         get_op(call.op).reference(*args, **kwargs)
     return counter.get_total_flops()
 
@@ -188,6 +193,6 @@ def ops_markdown(doc: dict) -> str:
         f"{machine['device_name']} ({machine.get('cpu_capability') or machine['device']}), "
         f"{machine['torch_threads']} torch thread(s), torch {machine['torch']}, {machine['date_utc'][:16]} UTC; "
         f"medians of {timed} after {settings['warmup']} warm-up, {settings['dtype']}, batch {settings['batch_size']}. "
-        "GFLOP: the reference's (what the op computes); n/a: the backend refused the call or failed, the reason "
+        "GFLOP: the reference's (what the op computes, FFTs included); n/a: the backend refused the call or failed, the reason "
         "in the speedup column (ops.json has it whole).\n\n" + format_ops_table(doc["rows"], markdown=True) + "\n"
     )
