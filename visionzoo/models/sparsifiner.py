@@ -62,7 +62,7 @@ def _token_table(table: torch.Tensor, grid_size: tuple[int, int], trained_grid: 
     return torch.cat([table[:1], patches], dim=0)
 
 
-# Both depend on the input's size, which a symbolic trace cannot branch on: traced graphs call them whole.
+# It depends on the input's size, which a symbolic trace cannot branch on: traced graphs call it whole.
 torch.fx.wrap("_token_table")
 
 
