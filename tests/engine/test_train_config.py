@@ -133,8 +133,6 @@ def test_base_files_merge_underneath(tmp_path: Path):
 
 
 def test_litv2_recipe_trains_the_deformable_offsets_at_one_percent_of_the_lr():
-    if not timm.is_model("vz_litv2_small"):
-        pytest.skip("LITv2 is not registered")
     from visionzoo.engine.train import build_optimizer
 
     cfg = load_config("litv2_small")

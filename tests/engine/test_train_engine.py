@@ -1,4 +1,5 @@
 """Pieces of the training engine: safe checkpoints, RNG round trips, resumable sampling, per-sample seeding."""
+import os
 import random
 from pathlib import Path
 
@@ -8,12 +9,14 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, DistributedSampler
 
+from _training import TINY_OVERRIDES, parse_train_cli
 from visionzoo.data.digits import make_digits
 from visionzoo.data.loader import DatasetError, ResumableSampler, SeededDataset, create_folder_dataset
 from visionzoo.engine.checkpoint import atomic_save, rng_state, set_rng_state
 from visionzoo.models._checkpoint import read_checkpoint
 from visionzoo.engine.evaluate import autocast_for
-from visionzoo.engine.train import param_groups_with_lr_multipliers
+from visionzoo.engine import train as train_module
+from visionzoo.engine.train import deterministic_algorithms, param_groups_with_lr_multipliers
 
 
 def _draw() -> tuple:
@@ -113,3 +116,49 @@ def test_bf16_autocast_on_cpu_runs_matmuls_in_bf16():
         assert nn.Linear(4, 2)(torch.randn(3, 4)).dtype == torch.bfloat16
     with autocast_for(torch.device("cpu"), "auto"):
         assert nn.Linear(4, 2)(torch.randn(3, 4)).dtype == torch.float32
+
+
+@pytest.fixture
+def nondeterministic_process(monkeypatch):
+    """The process as a fresh one starts: deterministic algorithms off, cuDNN autotuning on, no cuBLAS workspace."""
+    saved = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
+    torch.use_deterministic_algorithms(False)
+    torch.backends.cudnn.benchmark = True
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    yield
+    torch.use_deterministic_algorithms(saved[0])
+    torch.backends.cudnn.benchmark = saved[1]
+
+
+def _determinism() -> tuple:
+    return (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark,
+            os.environ.get("CUBLAS_WORKSPACE_CONFIG"))
+
+
+def test_deterministic_algorithms_hold_inside_the_block_only(nondeterministic_process):
+    with deterministic_algorithms(True):
+        assert _determinism() == (True, False, ":4096:8")
+        with deterministic_algorithms(False):  # an inner run that does not ask for it keeps the outer setting
+            assert _determinism() == (True, False, ":4096:8")
+    assert _determinism() == (False, True, None)
+    with pytest.raises(RuntimeError, match="inside"), deterministic_algorithms(True):
+        raise RuntimeError("inside")
+    assert _determinism() == (False, True, None)
+
+
+def test_a_deterministic_training_run_leaves_the_process_as_it_found_it(nondeterministic_process, monkeypatch,
+                                                                        tmp_path):
+    seen = []
+
+    class StopAtStart:
+        def __init__(self, *args):
+            seen.append(_determinism())
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "Trainer", StopAtStart)
+    args = parse_train_cli("train", "shvit_s1", *TINY_OVERRIDES, "train.deterministic=true", "--data-dir",
+                           str(tmp_path), "--output", str(tmp_path / "run"))
+    with pytest.raises(KeyboardInterrupt):
+        train_module.run_train(args)
+    assert seen == [(True, False, ":4096:8")]
+    assert _determinism() == (False, True, None)

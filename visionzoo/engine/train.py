@@ -155,14 +155,39 @@ def ema_start_share(cfg: dict, total_steps: int) -> float:
     return 0.0 if ema["warmup"] else ema["decay"] ** max(total_steps - 1, 0)
 
 
-def seed_everything(seed: int, deterministic: bool) -> None:
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global generators (for the rest of the process, as any seeding is)."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-    if deterministic:
+
+
+@contextlib.contextmanager
+def deterministic_algorithms(enabled: bool = True):
+    """Inside the block, torch's deterministic algorithms (and cuBLAS's deterministic workspace, cuDNN autotuning
+    off) when ``enabled``; on leaving it, also on an error, every one of those settings is as before. A training
+    run uses it around itself, so that ``train.deterministic=true`` does not outlive the run in the process that
+    called it (a notebook, a test session)."""
+    saved = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.benchmark,
+        os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
+    )
+    if enabled:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        was_enabled, warn_only, benchmark, workspace = saved
+        torch.use_deterministic_algorithms(was_enabled, warn_only=warn_only)
+        torch.backends.cudnn.benchmark = benchmark
+        if workspace is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+        else:
+            os.environ["CUBLAS_WORKSPACE_CONFIG"] = workspace
 
 
 def build_model(cfg: dict) -> nn.Module:
@@ -273,7 +298,7 @@ class Trainer:
         self.cfg, self.output_dir, self.info = cfg, output_dir, info
         self.derived = derive(cfg, info.world_size)
         train, runtime = cfg["train"], cfg["runtime"]
-        seed_everything(train["seed"] + info.rank, train["deterministic"])
+        seed_everything(train["seed"] + info.rank)
 
         data_dir = cfg["data"]["dir"]
         if not data_dir:
@@ -474,7 +499,7 @@ class Trainer:
             self.loss_sum.fill_(mine["loss"][0])
             self.loss_count = mine["loss"][1]
         else:
-            seed_everything(self.cfg["train"]["seed"] + self.info.rank + self.global_step, False)
+            seed_everything(self.cfg["train"]["seed"] + self.info.rank + self.global_step)
         self.scheduler.step_update(self.global_step)
         if self.info.is_main:
             where = f"epoch {self.epoch}, step {self.step_in_epoch} of {self.updates_per_epoch}"
@@ -737,10 +762,11 @@ def run_train(args: argparse.Namespace) -> int:
     lock = None
     try:
         resume, lock = prepare_output(output_dir, args.resume, info)
-        trainer = Trainer(cfg, output_dir, info, resume, args.wandb)
-        if info.is_main:
-            save_config(cfg, output_dir / "config.yaml", header=config_header(trainer.derived, trainer.resumes))
-        trainer.run()
+        with deterministic_algorithms(cfg["train"]["deterministic"]):
+            trainer = Trainer(cfg, output_dir, info, resume, args.wandb)
+            if info.is_main:
+                save_config(cfg, output_dir / "config.yaml", header=config_header(trainer.derived, trainer.resumes))
+            trainer.run()
     finally:
         if lock is not None:
             lock.release()

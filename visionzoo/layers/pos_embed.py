@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from visionzoo.ops import trace_leaf
+
 
 class ConvPosEnc(nn.Module):
     """Conditional position encoding x + DWConv(x) (CPVT, arXiv 2102.10882) on a channels-last (B, H, W, C) map.
@@ -85,3 +87,18 @@ def resample_grid_embed(embed: torch.Tensor, new_grid: tuple[int, int], old_grid
             grid.permute(0, 3, 1, 2), size=(new_h, new_w), mode="bicubic", antialias=True, align_corners=False
         ).permute(0, 2, 3, 1)
     return resampled.reshape(embed.shape[0], new_h * new_w, channels).to(embed.dtype)
+
+
+@trace_leaf
+def grid_pos_embed(pos_embed: torch.Tensor, grid_size: tuple[int, int], trained_grid: tuple[int, int],
+                   num_prefix_tokens: int = 0) -> torch.Tensor:
+    """The (1, P + H·W, C) position embedding of a ``grid_size`` patch grid: as trained, or its patch rows resampled
+    from ``trained_grid`` (:func:`resample_grid_embed`) with its ``num_prefix_tokens`` leading rows (class token)
+    kept. An FX leaf: the choice depends on the input's size, which a symbolic trace cannot branch on."""
+    grid_size, trained_grid = tuple(grid_size), tuple(trained_grid)
+    if grid_size == trained_grid:
+        return pos_embed
+    patches = resample_grid_embed(pos_embed[:, num_prefix_tokens:], grid_size, trained_grid)
+    if not num_prefix_tokens:
+        return patches
+    return torch.cat([pos_embed[:, :num_prefix_tokens], patches], dim=1)

@@ -12,6 +12,11 @@ where its layout needs more than the identity.
 Heads come in the two forms the families' checkpoints hold: a timm head (``ClassifierHead``,
 ``NormMlpClassifierHead``; keys ``head.fc.*``), or pooling by name, dropout and a bare classifier ``head``
 built by :meth:`_make_classifier` (keys ``head.*``), set up with :meth:`_init_pooled_head`.
+
+An isotropic family (one patch grid, a ViT's ``patch_embed`` / ``pos_embed`` / ``blocks`` / ``norm``) builds on
+:class:`TokenBackbone` instead, which runs ``blocks`` one by one and owns token pooling (class token or mean),
+intermediates as patch-token maps and block pruning; the family writes its ``_embed`` and, where its
+blocks take more than the tokens, :meth:`TokenBackbone._block_args`.
 """
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ import torch
 from timm.layers import ClassifierHead, NormMlpClassifierHead, trunc_normal_
 from timm.models._features import feature_take_indices
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from visionzoo.layers.checks import check_image_input
 from visionzoo.layers.stages import check_nchw_only, prune_stages, run_stages, set_stage_checkpointing
@@ -203,4 +209,122 @@ class Backbone(nn.Module):
             self.reset_classifier(0, "")
             if isinstance(self.head, NormMlpClassifierHead):
                 self.head.reset(0, reset_other=True)  # its norm is sized for the last stage
+        return take_indices
+
+
+class TokenBackbone(Backbone):
+    """timm's per-model methods over an isotropic family's ``patch_embed``, ``blocks`` and ``norm``.
+
+    The family sets ``patch_size`` and ``grid_size`` (the patch grid it was built for) and ``num_prefix_tokens``
+    (1 while it has a class token, which leads the tokens), and writes ``_embed(x, grid_size)``: the checked image
+    to the first block's input on a ``grid_size`` patch grid. Blocks may keep a (B, H, W, C) map instead of
+    tokens: the family's :meth:`_tokens` flattens it for the outputs.
+    """
+
+    global_pools = ("token", "avg", "")
+    feature_fmt = "NLC"
+    num_prefix_tokens = 0
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        return set(self._token_parameters())
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        stem = "|".join(f"^{name}" for name in (*self._token_parameters(), "patch_embed"))
+        return dict(stem=stem, blocks=[(r"^blocks\.(\d+)", None), (r"^norm", (99999,))])
+
+    def _token_parameters(self) -> tuple[str, ...]:
+        return tuple(name for name in ("cls_token", "pos_embed") if name in self._parameters)
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    def _checked_pool(self, global_pool: str) -> str:
+        global_pool = super()._checked_pool(global_pool)
+        if global_pool == "token" and not self.num_prefix_tokens:
+            raise ValueError("token pooling needs the class token, which prune_intermediate_layers removed")
+        return global_pool
+
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        if self.global_pool == "token":
+            return x[:, 0]
+        if self.global_pool == "avg":
+            return x[:, self.num_prefix_tokens:].mean(dim=1)
+        return x
+
+    def _patch_grid(self, x: torch.Tensor) -> tuple[int, int]:
+        """The checked input's patch grid."""
+        self.check_input(x)
+        height, width = x.shape[-2:]
+        return height // self.patch_size, width // self.patch_size
+
+    def _with_class_token(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, N, C) tokens → (B, 1 + N, C), the class token first."""
+        return torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+
+    def _block_args(self, grid_size: tuple[int, int]) -> tuple:
+        """What each block takes after its input."""
+        return ()
+
+    def _run_block(self, index: int, x: torch.Tensor, grid_size: tuple[int, int]) -> torch.Tensor:
+        block = self.blocks[index]
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            return checkpoint(block, x, *self._block_args(grid_size), use_reentrant=False)
+        return block(x, *self._block_args(grid_size))
+
+    def _tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """A block output as (B, L, C) tokens."""
+        return x
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised tokens (B, P + N, C), the ``num_prefix_tokens`` class token first."""
+        grid_size = self._patch_grid(x)
+        x = self._embed(x, grid_size)
+        for index in range(len(self.blocks)):
+            x = self._run_block(index, x, grid_size)
+        return self._tokens(self.norm(x))
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | Sequence[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Block outputs as patch-token maps (B, C, H, W) or tokens (B, H·W, C), class token removed; ``indices``
+        as in timm; ``norm`` passes each through the final norm."""
+        if output_fmt not in ("NCHW", "NLC"):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
+        grid_size = self._patch_grid(x)
+        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+        last_index = max_index if stop_early or intermediates_only else len(self.blocks) - 1
+        x = self._embed(x, grid_size)
+        intermediates = []
+        for index in range(last_index + 1):
+            x = self._run_block(index, x, grid_size)
+            if index in take_indices:
+                tokens = self._tokens(self.norm(x) if norm else x)
+                patch_tokens = tokens[:, tokens.shape[1] - grid_size[0] * grid_size[1]:]
+                if output_fmt == "NCHW":
+                    patch_tokens = patch_tokens.reshape(x.shape[0], *grid_size, -1).permute(0, 3, 1, 2).contiguous()
+                intermediates.append(patch_tokens)
+        if intermediates_only:
+            return intermediates
+        return self._tokens(self.norm(x)), intermediates
+
+    def prune_intermediate_layers(
+        self, indices: int | Sequence[int] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        """Drop the blocks after the last of ``indices`` (the final norm with ``prune_norm``). Returns the kept
+        indices."""
+        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+        self.blocks = self.blocks[: max_index + 1]
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0, "")
         return take_indices

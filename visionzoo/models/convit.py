@@ -17,15 +17,14 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from visionzoo.layers.attention import MultiHeadSelfAttention
 from visionzoo.layers.drop import DropPath
 from visionzoo.layers.gpsa import GatedPositionalSelfAttention
 from visionzoo.layers.mlp import Mlp
 from visionzoo.layers.patch_embed import PatchEmbed
-from visionzoo.layers.pos_embed import resample_grid_embed
-from visionzoo.models._base import Backbone
+from visionzoo.layers.pos_embed import grid_pos_embed
+from visionzoo.models._base import TokenBackbone
 from visionzoo.models._pretrained import pretrained_cfgs
 from visionzoo.models._registry import Family, register_family
 
@@ -84,12 +83,10 @@ class ConViTBlock(nn.Module):
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
-class ConViT(Backbone):
+class ConViT(TokenBackbone):
     """ConViT (arXiv 2103.10697): patch embed + absolute position embedding, GPSA blocks, class token, MHSA blocks."""
 
     model_name = "ConViT"
-    global_pools = ("token", "avg", "")
-    feature_fmt = "NLC"
 
     def __init__(
         self,
@@ -150,111 +147,28 @@ class ConViT(Backbone):
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
 
-    @torch.jit.ignore
-    def no_weight_decay(self) -> set[str]:
-        return {"pos_embed", "cls_token"}
-
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> dict:
-        return dict(stem=r"^cls_token|^pos_embed|^patch_embed", blocks=[(r"^blocks\.(\d+)", None), (r"^norm", (99999,))])
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-
-    def _checked_pool(self, global_pool: str) -> str:
-        if global_pool == "token" and self.cls_token is None:
-            raise ValueError("token pooling needs the class token, which prune_intermediate_layers removed")
-        return super()._checked_pool(global_pool)
-
-    def pool(self, x: torch.Tensor) -> torch.Tensor:
-        if self.global_pool == "token":
-            return x[:, 0]
-        if self.global_pool == "avg":
-            return x[:, self.num_prefix_tokens:].mean(dim=1)
-        return x
-
-    def _patch_grid(self, x: torch.Tensor) -> tuple[int, int]:
-        self.check_input(x)
-        height, width = x.shape[-2:]
-        return height // self.patch_size, width // self.patch_size
-
     def _embed(self, x: torch.Tensor, grid_size: tuple[int, int]) -> torch.Tensor:
         """Patch tokens (B, N, C) plus the position embedding for ``grid_size``."""
         x = self.patch_embed(x).flatten(2).transpose(1, 2)
-        return self.pos_drop(x + _grid_pos_embed(self.pos_embed, grid_size, self.grid_size))
+        return self.pos_drop(x + grid_pos_embed(self.pos_embed, grid_size, self.grid_size))
+
+    def _block_args(self, grid_size: tuple[int, int]) -> tuple:
+        return (grid_size,)
 
     def _run_block(self, index: int, x: torch.Tensor, grid_size: tuple[int, int]) -> torch.Tensor:
         if index == self.local_up_to_layer and self.cls_token is not None:
-            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
-        block = self.blocks[index]
-        if self.grad_checkpointing and torch.is_grad_enabled():
-            return checkpoint(block, x, grid_size, use_reentrant=False)
-        return block(x, grid_size)
-
-    def forward_intermediates(
-        self,
-        x: torch.Tensor,
-        indices: int | Sequence[int] | None = None,
-        norm: bool = False,
-        stop_early: bool = False,
-        output_fmt: str = "NCHW",
-        intermediates_only: bool = False,
-    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
-        """Block outputs as patch-token maps (class token removed), stride 16; ``indices`` as in timm."""
-        if output_fmt not in ("NCHW", "NLC"):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
-        grid_size = self._patch_grid(x)
-        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
-        last_index = max_index if stop_early else len(self.blocks) - 1
-        x = self._embed(x, grid_size)
-        intermediates = []
-        for index in range(last_index + 1):
-            x = self._run_block(index, x, grid_size)
-            if index in take_indices:
-                tokens = self.norm(x) if norm else x
-                patch_tokens = tokens[:, x.shape[1] - grid_size[0] * grid_size[1]:]
-                if output_fmt == "NCHW":
-                    patch_tokens = patch_tokens.reshape(x.shape[0], *grid_size, -1).permute(0, 3, 1, 2).contiguous()
-                intermediates.append(patch_tokens)
-        if intermediates_only:
-            return intermediates
-        return self.norm(x), intermediates
+            x = self._with_class_token(x)
+        return super()._run_block(index, x, grid_size)
 
     def prune_intermediate_layers(
         self, indices: int | Sequence[int] = 1, prune_norm: bool = False, prune_head: bool = True
     ) -> list[int]:
         """Drop the blocks after the last wanted index (and the class token if it would never join)."""
-        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
-        self.blocks = self.blocks[: max_index + 1]
-        if max_index < self.local_up_to_layer:
+        if feature_take_indices(len(self.blocks), indices)[1] < self.local_up_to_layer:
             self.cls_token = None
             self.num_prefix_tokens = 0
             prune_head = prune_head or self.global_pool == "token"
-        if prune_norm:
-            self.norm = nn.Identity()
-        if prune_head:
-            self.reset_classifier(0, "")
-        return take_indices
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalised tokens (B, 1 + N, C), class token first."""
-        grid_size = self._patch_grid(x)
-        x = self._embed(x, grid_size)
-        for index in range(len(self.blocks)):
-            x = self._run_block(index, x, grid_size)
-        return self.norm(x)
-
-
-def _grid_pos_embed(pos_embed: torch.Tensor, grid_size: tuple[int, int], trained_grid: tuple[int, int]) -> torch.Tensor:
-    """The position embedding for a ``grid_size`` patch grid: as trained, or resampled from ``trained_grid``."""
-    if tuple(grid_size) == tuple(trained_grid):
-        return pos_embed
-    return resample_grid_embed(pos_embed, grid_size, trained_grid)
-
-
-# The choice depends on the input's size, which a symbolic trace cannot branch on: traced graphs call it whole.
-torch.fx.wrap("_grid_pos_embed")
+        return super().prune_intermediate_layers(indices, prune_norm, prune_head)
 
 
 def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: ConViT) -> dict[str, torch.Tensor]:
@@ -274,7 +188,7 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: ConViT) -> 
             continue
         if key == "pos_embed" and value.shape[1] != model.pos_embed.shape[1]:
             old_side = int(round(value.shape[1] ** 0.5))
-            value = resample_grid_embed(value, tuple(model.grid_size), (old_side, old_side))
+            value = grid_pos_embed(value, model.grid_size, (old_side, old_side))
         converted[key] = value
     return converted
 

@@ -22,15 +22,13 @@ import torch
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
-from timm.models._features import feature_take_indices
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from visionzoo.layers.drop import DropPath, drop_path_rates
 from visionzoo.layers.mlp import Mlp
 from visionzoo.layers.patch_embed import PatchEmbed
-from visionzoo.layers.pos_embed import resample_grid_embed
-from visionzoo.models._base import Backbone
+from visionzoo.layers.pos_embed import grid_pos_embed, resample_grid_embed
+from visionzoo.models._base import TokenBackbone
 from visionzoo.models._checkpoint import _unwrap
 from visionzoo.models._pretrained import pretrained_cfgs
 from visionzoo.models._registry import Family, register_family
@@ -64,7 +62,7 @@ def _token_table(table: torch.Tensor, grid_size: tuple[int, int], trained_grid: 
     return torch.cat([table[:1], patches], dim=0)
 
 
-# Both depend on the input's size, which a symbolic trace cannot branch on: traced graphs call them whole.
+# It depends on the input's size, which a symbolic trace cannot branch on: traced graphs call it whole.
 torch.fx.wrap("_token_table")
 
 
@@ -188,7 +186,7 @@ class SparsifinerBlock(nn.Module):
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
-class Sparsifiner(Backbone):
+class Sparsifiner(TokenBackbone):
     """Sparsifiner on a DeiT backbone (arXiv 2303.13755): class token, position embedding, sparse-attention blocks.
 
     ``keep_rate`` is the share of keys each patch query keeps (0.25 in the official default config);
@@ -197,8 +195,6 @@ class Sparsifiner(Backbone):
     """
 
     model_name = "Sparsifiner"
-    global_pools = ("token", "avg", "")
-    feature_fmt = "NLC"
 
     def __init__(
         self,
@@ -266,50 +262,13 @@ class Sparsifiner(Backbone):
         for block in self.blocks:
             block.attn.reconstruction = enable
 
-    @torch.jit.ignore
-    def no_weight_decay(self) -> set[str]:
-        return {"pos_embed", "cls_token"}
-
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> dict:
-        return dict(stem=r"^cls_token|^pos_embed|^patch_embed", blocks=[(r"^blocks\.(\d+)", None), (r"^norm", (99999,))])
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-
-    def pool(self, x: torch.Tensor) -> torch.Tensor:
-        if self.global_pool == "token":
-            return x[:, 0]
-        if self.global_pool == "avg":
-            return x[:, self.num_prefix_tokens:].mean(dim=1)
-        return x
-
-    def _patch_grid(self, x: torch.Tensor) -> tuple[int, int]:
-        self.check_input(x)
-        height, width = x.shape[-2:]
-        return height // self.patch_size, width // self.patch_size
-
     def _embed(self, x: torch.Tensor, grid_size: tuple[int, int]) -> torch.Tensor:
         """Class token and patch tokens (B, 1 + H·W, C) plus the position embedding for ``grid_size``."""
-        x = self.patch_embed(x).flatten(2).transpose(1, 2)
-        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
-        return self.pos_drop(x + _token_table(self.pos_embed[0], grid_size, self.grid_size)[None])
+        x = self._with_class_token(self.patch_embed(x).flatten(2).transpose(1, 2))
+        return self.pos_drop(x + grid_pos_embed(self.pos_embed, grid_size, self.grid_size, self.num_prefix_tokens))
 
-    def _run_block(self, index: int, x: torch.Tensor, grid_size: tuple[int, int],
-                   record: Record | None = None) -> torch.Tensor:
-        block = self.blocks[index]
-        if self.grad_checkpointing and torch.is_grad_enabled() and record is None:
-            return checkpoint(block, x, grid_size, self.grid_size, use_reentrant=False)
-        return block(x, grid_size, self.grid_size, record)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalised tokens (B, 1 + N, C), class token first."""
-        grid_size = self._patch_grid(x)
-        x = self._embed(x, grid_size)
-        for index in range(len(self.blocks)):
-            x = self._run_block(index, x, grid_size)
-        return self.norm(x)
+    def _block_args(self, grid_size: tuple[int, int]) -> tuple:
+        return grid_size, self.grid_size
 
     def forward_distill(self, x: torch.Tensor, record: Sequence[str] = ()) -> dict[str, torch.Tensor | list]:
         """What the training losses compare: ``logits``, final patch ``tokens`` and, per block, each map named in
@@ -317,50 +276,10 @@ class Sparsifiner(Backbone):
         grid_size = self._patch_grid(x)
         recorded: Record = {name: [] for name in record}
         x = self._embed(x, grid_size)
-        for index in range(len(self.blocks)):
-            x = self._run_block(index, x, grid_size, recorded)
+        for block in self.blocks:
+            x = block(x, grid_size, self.grid_size, recorded)  # not checkpointed: a rerun would record twice
         x = self.norm(x)
         return dict(logits=self.forward_head(x), tokens=x[:, self.num_prefix_tokens:], **recorded)
-
-    def forward_intermediates(
-        self,
-        x: torch.Tensor,
-        indices: int | Sequence[int] | None = None,
-        norm: bool = False,
-        stop_early: bool = False,
-        output_fmt: str = "NCHW",
-        intermediates_only: bool = False,
-    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
-        """Block outputs as patch-token maps (class token removed), stride 16; ``indices`` as in timm."""
-        if output_fmt not in ("NCHW", "NLC"):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
-        grid_size = self._patch_grid(x)
-        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
-        last_index = max_index if stop_early else len(self.blocks) - 1
-        x = self._embed(x, grid_size)
-        intermediates = []
-        for index in range(last_index + 1):
-            x = self._run_block(index, x, grid_size)
-            if index in take_indices:
-                patch_tokens = (self.norm(x) if norm else x)[:, self.num_prefix_tokens:]
-                if output_fmt == "NCHW":
-                    patch_tokens = patch_tokens.reshape(x.shape[0], *grid_size, -1).permute(0, 3, 1, 2).contiguous()
-                intermediates.append(patch_tokens)
-        if intermediates_only:
-            return intermediates
-        return self.norm(x), intermediates
-
-    def prune_intermediate_layers(
-        self, indices: int | Sequence[int] = 1, prune_norm: bool = False, prune_head: bool = True
-    ) -> list[int]:
-        """Drop the blocks after the last wanted index."""
-        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
-        self.blocks = self.blocks[: max_index + 1]
-        if prune_norm:
-            self.norm = nn.Identity()
-        if prune_head:
-            self.reset_classifier(0, "")
-        return take_indices
 
 
 def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: Sparsifiner) -> dict[str, torch.Tensor]:
@@ -380,7 +299,7 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: Sparsifiner
     for key, value in state_dict.items():
         if key == "pos_embed" and value.shape != own[key].shape:
             old_side = int(round((value.shape[1] - 1) ** 0.5))
-            value = _token_table(value[0], model.grid_size, (old_side, old_side))[None]
+            value = grid_pos_embed(value, model.grid_size, (old_side, old_side), model.num_prefix_tokens)
         elif key.endswith(("mask_predictor.proj_n", "mask_predictor.proj_back_n")) and value.shape != own[key].shape:
             if value.shape[1] != own[key].shape[1]:
                 raise ValueError(f"{key} holds {value.shape[1]} reduced tokens but the model was built with "

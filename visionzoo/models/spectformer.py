@@ -27,7 +27,6 @@ import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
-from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 from torch import nn
 
@@ -36,9 +35,9 @@ from visionzoo.layers.drop import DropPath, drop_path_rates
 from visionzoo.layers.dwconv_mlp import DwConvMlp
 from visionzoo.layers.mlp import Mlp
 from visionzoo.layers.patch_embed import PatchEmbed
-from visionzoo.layers.pos_embed import resample_grid_embed
+from visionzoo.layers.pos_embed import grid_pos_embed
 from visionzoo.layers.spectral_gating import SpectralGatingFilter
-from visionzoo.models._base import Backbone
+from visionzoo.models._base import Backbone, TokenBackbone
 from visionzoo.models._checkpoint import _unwrap
 from visionzoo.models._pretrained import pretrained_cfgs
 from visionzoo.models._registry import Family, register_family
@@ -99,23 +98,21 @@ def _grid_pos_embed(pos_embed: torch.Tensor, grid: tuple[int, int], trained_grid
                     resize: bool) -> torch.Tensor:
     """The (1, H, W, C) position embedding for ``grid``: as trained, or resampled bicubically from ``trained_grid``."""
     grid, trained_grid = tuple(grid), tuple(trained_grid)
-    if grid != trained_grid:
-        if not resize:
-            raise ValueError(
-                f"SpectFormer: its position embedding and spectral filters were learned on a "
-                f"{trained_grid[0]}x{trained_grid[1]} patch grid and this input gives {grid[0]}x{grid[1]}; build it "
-                f"with resize_filters=True to resample them, or with img_size set to this input's size"
-            )
-        pos_embed = resample_grid_embed(pos_embed, grid, trained_grid)
-    return pos_embed.reshape(1, *grid, pos_embed.shape[-1])
+    if grid != trained_grid and not resize:
+        raise ValueError(
+            f"SpectFormer: its position embedding and spectral filters were learned on a "
+            f"{trained_grid[0]}x{trained_grid[1]} patch grid and this input gives {grid[0]}x{grid[1]}; build it "
+            f"with resize_filters=True to resample them, or with img_size set to this input's size"
+        )
+    return grid_pos_embed(pos_embed, grid, trained_grid).reshape(1, *grid, pos_embed.shape[-1])
 
 
-class SpectFormer(Backbone):
+class SpectFormer(TokenBackbone):
     """Vanilla SpectFormer (arXiv 2304.06446 §3): isotropic, ``spectral_depth`` spectral blocks then attention
     blocks, on 16×16 patches; input sides must be multiples of the patch size."""
 
     model_name = "SpectFormer"
-    feature_fmt = "NLC"
+    global_pools = ("avg", "")
 
     def __init__(
         self,
@@ -166,71 +163,13 @@ class SpectFormer(Backbone):
         self.apply(_init_linear)
         trunc_normal_(self.pos_embed, std=0.02)
 
-    @torch.jit.ignore
-    def no_weight_decay(self) -> set[str]:
-        return {"pos_embed"}
-
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> dict:
-        return dict(stem=r"^pos_embed|^patch_embed", blocks=[(r"^blocks\.(\d+)", None), (r"^norm", (99999,))])
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-
-    def pool(self, x: torch.Tensor) -> torch.Tensor:
-        return x.mean(dim=1) if self.global_pool == "avg" else x
-
-    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+    def _embed(self, x: torch.Tensor, grid_size: tuple[int, int]) -> torch.Tensor:
         """Checked image → (B, H/16, W/16, C) patch map plus the position embedding."""
-        self.check_input(x)
         x = self.patch_embed(x).permute(0, 2, 3, 1)
-        return self.pos_drop(x + _grid_pos_embed(self.pos_embed, x.shape[1:3], self.grid_size, self.resize_filters))
+        return self.pos_drop(x + _grid_pos_embed(self.pos_embed, grid_size, self.grid_size, self.resize_filters))
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalised patch tokens (B, N, C)."""
-        x = self._embed(x)
-        if self.grad_checkpointing and torch.is_grad_enabled():
-            x = checkpoint_seq(self.blocks, x)
-        else:
-            x = self.blocks(x)
-        return self.norm(x).flatten(1, 2)
-
-    def forward_intermediates(
-        self,
-        x: torch.Tensor,
-        indices: int | Sequence[int] | None = None,
-        norm: bool = False,
-        stop_early: bool = False,
-        output_fmt: str = "NCHW",
-        intermediates_only: bool = False,
-    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
-        """Block outputs as (B, C, H/16, W/16) maps (or NLC tokens), ``indices`` as in timm."""
-        if output_fmt not in ("NCHW", "NLC"):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
-        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
-        blocks = self.blocks[: max_index + 1] if stop_early or intermediates_only else self.blocks
-        x = self._embed(x)
-        intermediates = []
-        for index, block in enumerate(blocks):
-            x = block(x)
-            if index in take_indices:
-                feature = self.norm(x) if norm else x
-                intermediates.append(feature.permute(0, 3, 1, 2) if output_fmt == "NCHW" else feature.flatten(1, 2))
-        if intermediates_only:
-            return intermediates
-        return self.norm(x).flatten(1, 2), intermediates
-
-    def prune_intermediate_layers(
-        self, indices: int | Sequence[int] = 1, prune_norm: bool = False, prune_head: bool = True
-    ) -> list[int]:
-        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
-        self.blocks = self.blocks[: max_index + 1]
-        if prune_norm:
-            self.norm = nn.Identity()
-        if prune_head:
-            self.reset_classifier(0, "")
-        return take_indices
+    def _tokens(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1, 2)
 
 
 # ------------------------------------------------------------------------------------------ hierarchical family
