@@ -94,6 +94,15 @@ def test_validate_without_cached_weights_is_a_one_line_error(offline, capsys):
     assert not (offline / "r.json").exists()
 
 
+def test_validate_refuses_a_pretraining_tag_without_an_imagenet_1k_head(offline, capsys):
+    _image_folder(offline / "data", per_class=1)
+    assert main(["validate", "vz_dinat_large.in22k", "--data", str(offline / "data"), "--output",
+                 str(offline / "r.json"), "--workers", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "vz_dinat_large.in22k is a pre-training checkpoint without an ImageNet-1k head" in err
+    assert not (offline / "r.json").exists()
+
+
 def test_eval_tool_reaches_validate():
     done = subprocess.run(["bash", str(ROOT / "tools" / "eval.sh"), "validate", "--help"],
                           env=dict(subprocess_env(), PYTHON=sys.executable), capture_output=True, text=True)

@@ -6,6 +6,7 @@ CPU: losses must be finite and the evaluators (pycocotools bbox/segm mAP, mIoU) 
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -38,7 +39,17 @@ def _build(cfg: Config):
         return registry.build(cfg.model)
 
 
-@pytest.mark.parametrize("path", DET_CONFIGS + SEG_CONFIGS, ids=lambda p: str(p.relative_to(CONFIGS)))
+def _build_cost_mark(path):
+    """Cascade heads and backbones of 85M parameters or more take many seconds to build and run on two cores:
+    `-m slow` builds those, the default run the rest."""
+    from visionzoo.models._cards import variant_card
+
+    name = re.search(r"model_name='(\w+)'", path.read_text()).group(1)  # no Config parse at collection
+    heavy = "cascade" in path.name or (variant_card(name) or {}).get("params", 0) >= 85_000_000
+    return pytest.param(path, marks=pytest.mark.slow if heavy else (), id=str(path.relative_to(CONFIGS)))
+
+
+@pytest.mark.parametrize("path", [_build_cost_mark(path) for path in DET_CONFIGS + SEG_CONFIGS])
 def test_config_loads_and_builds(path):
     cfg = Config.fromfile(str(path))
     backbone = cfg.model.backbone

@@ -152,3 +152,66 @@ def test_published_files_load_offline(offline, name, tag, location):  # noqa: F8
         torch.save(_transformers_layout(official, "nat."), hf_snapshot(weights["hf_hub_id"]) / "pytorch_model.bin")
     model = timm.create_model(f"{name}.{tag}", pretrained=True).eval()
     assert_same_logits(model, official_reference(name, official), 64, exact=True)
+
+
+def _official_weights(name: str, head_classes: int | None = None) -> dict[str, torch.Tensor]:
+    """Random weights in the official layout of ``name`` (its manifest); ``head_classes`` resizes the classifier,
+    as an IN-22k pre-training file may have any head."""
+    generator = torch.Generator().manual_seed(0)
+    shapes = _manifest(OFFICIAL[name])
+    if head_classes is not None:
+        shapes["head.weight"], shapes["head.bias"] = (head_classes, shapes["head.weight"][1]), (head_classes,)
+    return {key: torch.randn(shape, generator=generator) * 0.05 for key, shape in shapes.items()}
+
+
+IN22K_FILES = {
+    "vz_dinat_large": "imagenet22k/dinat_large_in22k_224.pth",
+    "vz_dinat_large_384_k11": "imagenet22k/dinat_large_in22k_224_11x11interp.pth",
+    "vz_dinat_s_large": "imagenet22k/dinat_s_large_in22k_224.pth",
+}
+
+
+@pytest.mark.parametrize("name", IN22K_FILES)
+def test_in22k_tags_are_the_authors_pretraining_files_as_headless_backbones(name):
+    cfg = timm.models.get_pretrained_cfg(f"{name}.in22k")
+    assert cfg.url == f"https://shi-labs.com/projects/dinat/checkpoints/{IN22K_FILES[name]}"
+    assert cfg.num_classes == 0 and cfg.input_size == (3, 224, 224)
+    assert timm.create_model(f"{name}.in22k", device="meta").num_classes == 0
+
+
+def test_headless_model_drops_any_head_of_the_file():
+    official = official_state_dict("vz_dinat_mini")
+    official["head.weight"], official["head.bias"] = torch.randn(21841, 512), torch.randn(21841)
+    model = timm.create_model("vz_dinat_mini", num_classes=0)
+    converted = checkpoint_filter_fn(official, model)
+    assert not any(key.startswith("head.") for key in converted)
+    model.load_state_dict(converted)
+    assert torch.equal(model.stages[2].blocks[1].attn.rpb, official["levels.2.blocks.1.attn.rpb"])
+    assert "head.weight" in checkpoint_filter_fn(official, timm.create_model("vz_dinat_mini", device="meta"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, tag, location", [
+    ("vz_dinat_large", "in22k_ft_in1k", "url"), ("vz_dinat_large", "in22k_ft_in1k_hf", "hf"),
+    ("vz_dinat_large_384_k11", "in22k_ft_in1k_hf", "hf"), ("vz_dinat_s_large_384", "in22k_ft_in1k", "url"),
+    ("vz_dinat_large", "in22k", "url"), ("vz_dinat_large_384_k11", "in22k", "url"),
+    ("vz_dinat_s_large", "in22k", "url"),
+])
+def test_large_published_files_load_offline(offline, name, tag, location):  # noqa: F811
+    weights = next(item for item in variant_card(name)["weights"] if item["tag"] == tag)
+    official = _official_weights(name, head_classes=21841 if tag == "in22k" else None)
+    if location == "url":
+        torch.save(official, torch_hub_file(weights["url"]))
+    else:
+        torch.save(_transformers_layout(official, "dinat."), hf_snapshot(weights["hf_hub_id"]) / "pytorch_model.bin")
+    model = timm.create_model(f"{name}.{tag}", pretrained=True).eval()
+    if tag == "in22k":
+        del official["head.weight"], official["head.bias"]
+        reference = timm.create_model(name, num_classes=0)
+        reference.load_state_dict(checkpoint_filter_fn(official, reference))
+        assert_same_logits(model, reference.eval(), 64, exact=True)
+        fine_tune = timm.create_model(f"{name}.{tag}", pretrained=True, num_classes=10)
+        assert fine_tune.head.weight.shape == (10, 1536)
+        assert torch.equal(fine_tune.stages[0].blocks[0].attn.rpb, model.stages[0].blocks[0].attn.rpb)
+    else:
+        assert_same_logits(model, official_reference(name, official), 64, exact=True)

@@ -47,6 +47,9 @@ def validate(
     """Evaluate the published checkpoint ``name`` on ``data``; the result dict is what the CLI writes as JSON."""
     source = weight_source(name)
     check_model_name(source.name.split(".")[0])
+    if source.top1 is None:
+        raise ValueError(f"{source.name} is a pre-training checkpoint without an ImageNet-1k head; validate a tag "
+                         "fine-tuned on ImageNet-1k (`visionzoo weights list` shows them)")
     data_config = tag_data_config(source.name)
     dataset = ImageFolder(data_root(data), eval_transform(data_config), substitute=False)
     info = init_distributed(device)

@@ -79,6 +79,10 @@ def pretrained_cfgs(family: str, base_cfg: Callable[..., dict[str, Any]]) -> dic
                 {"hf_hub_id": item["hf_hub_id"], "hf_hub_filename": item.get("hf_hub_filename")}
                 if item.get("hf_hub_id") else {"url": item["url"], "hf_hub_id": None}
             )
+            # A pre-training checkpoint whose head is not for ImageNet-1k says `num_classes: 0`: the tag then
+            # builds the bare backbone, and `num_classes=N` adds a fresh head for fine-tuning.
+            if "num_classes" in item:
+                overrides["num_classes"] = item["num_classes"]
             cfgs[f"{variant}.{item['tag']}"] = base_cfg(
                 input_size=(3, size, size), license=item["license"], **location, **overrides
             )
@@ -92,7 +96,7 @@ class WeightSource:
     name: str  # vz_model.tag
     source: str  # "timm" (timm's hub copy) or "official" (the authors' own files)
     license: str
-    top1: float
+    top1: float | None  # None: a pre-training checkpoint without an ImageNet-1k head
     hf_hub_id: str | None = None
     hf_hub_filename: str | None = None
     url: str | None = None

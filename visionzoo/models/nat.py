@@ -289,10 +289,15 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) 
     ``transformers`` layout (``nat.*`` / ``dinat.*`` plus ``classifier.*``) to ours; ours passes through."""
     state_dict = _unwrap(state_dict, "the NAT state dict")
     if "patch_embed.norm.weight" in state_dict:
-        return _from_official(state_dict)
-    for prefix in ("dinat.", "nat."):
-        if f"{prefix}embeddings.norm.weight" in state_dict:
-            return _from_transformers(state_dict, prefix)
+        state_dict = _from_official(state_dict)
+    else:
+        for prefix in ("dinat.", "nat."):
+            if f"{prefix}embeddings.norm.weight" in state_dict:
+                state_dict = _from_transformers(state_dict, prefix)
+                break
+    if not model.num_classes:
+        # A headless model (the IN-22k tags' backbone) keeps no classifier, whatever head the file carries.
+        state_dict = {key: value for key, value in state_dict.items() if not key.startswith("head.")}
     return state_dict
 
 
