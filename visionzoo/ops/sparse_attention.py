@@ -2,8 +2,11 @@
 
 Sparsifiner (Wei et al., CVPR 2023, arXiv 2303.13755) predicts, for every query, the top-K keys it may attend to;
 the official code then runs dense attention with the other logits set to -inf. That function is the reference
-here. The ``gather`` backend computes only the kept pairs: it gathers the K key and value rows of every query and
-does O(N·K·d) work instead of O(N²·d).
+here. The ``kept_keys`` backend computes only the kept pairs, O(N·K·d) work instead of O(N²·d), without building
+any (N, K, d) tensor: the K logits of each query come from a sampled matrix product (``torch.sparse.sampled_addmm``
+on a CSR pattern whose rows are the ``key_index`` rows) and the weighted sum of the K value rows from
+``embedding_bag``. The ``gather`` backend is the plain form of the same work (it gathers the K key and value rows of
+every query), kept as a portable, memory-bound baseline.
 
 Shapes: q (B, H, Nq, E), k (B, H, Nk, E), v (B, H, Nk, Ev). The first ``dense_queries`` query rows (a class token)
 attend to every key; the other Nq - dense_queries rows attend to the keys named by ``key_index``
@@ -11,6 +14,8 @@ attend to every key; the other Nq - dense_queries rows attend to the keys named 
 (B, H, Nq, Ev).
 """
 from __future__ import annotations
+
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -108,3 +113,84 @@ def _sparse_topk_attention_sdpa(q, k, v, key_index, scale=None, dense_queries=0)
     _check_arguments(q, k, v, key_index, dense_queries)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=keep_mask(key_index, k.shape[2], dense_queries),
                                           scale=scale)
+
+
+def _flat_key_index(key_index: torch.Tensor, num_keys: int) -> torch.Tensor:
+    """(B, H, Nq, K) key indices → (B·H·Nq, K) row indices into the (B·H·Nk, E) flattened keys or values."""
+    batch, heads, queries, kept = key_index.shape
+    offsets = torch.arange(batch * heads, device=key_index.device).view(batch, heads, 1, 1) * num_keys
+    return (key_index + offsets).reshape(batch * heads * queries, kept)
+
+
+def _kept_probabilities(q: torch.Tensor, k: torch.Tensor, key_index: torch.Tensor, scale: float) -> torch.Tensor:
+    """Softmax over each query's K kept logits (B, H, Nq, K), the logits a sampled product q kᵀ at ``key_index``."""
+    batch, heads, queries, kept = key_index.shape
+    groups = batch * heads
+    row_starts = torch.arange(0, queries * kept + 1, kept, device=q.device).expand(groups, -1)
+    # Column order within a row is free for the sampled product (each stored entry is one dot product), so the
+    # pattern is key_index itself, unsorted; the invariant checks would reject that and are left off.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta", category=UserWarning)
+        pattern = torch.sparse_csr_tensor(row_starts, key_index.reshape(groups, queries * kept),
+                                          torch.zeros(groups, queries * kept, dtype=q.dtype, device=q.device),
+                                          size=(groups, queries, k.shape[2]), check_invariants=False)
+    logits = torch.sparse.sampled_addmm(pattern, q.reshape(groups, queries, -1),
+                                        k.reshape(groups, k.shape[2], -1).transpose(1, 2), beta=0.0, alpha=scale)
+    return logits.values().view(batch, heads, queries, kept).softmax(dim=-1)
+
+
+@torch.library.custom_op("visionzoo::kept_key_attention", mutates_args=())
+def _kept_key_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_index: torch.Tensor,
+                        scale: float) -> torch.Tensor:
+    """Every query of q (B, H, Nq, E) attends to its K keys of ``key_index`` only: (B, H, Nq, Ev)."""
+    probabilities = _kept_probabilities(q, k, key_index, scale)
+    flat_index = _flat_key_index(key_index, k.shape[2])
+    out = F.embedding_bag(flat_index, v.reshape(-1, v.shape[-1]),
+                          per_sample_weights=probabilities.reshape(flat_index.shape), mode="sum")
+    return out.view(*q.shape[:3], v.shape[-1])
+
+
+@_kept_key_attention.register_fake
+def _(q, k, v, key_index, scale):
+    return q.new_empty(*q.shape[:3], v.shape[-1])
+
+
+def _kept_key_attention_setup(ctx, inputs, output) -> None:
+    q, k, v, key_index, scale = inputs
+    ctx.save_for_backward(q, k, v, key_index)
+    ctx.scale = scale
+
+
+def _kept_key_attention_backward(ctx, grad_out):
+    # Training is not what this path is for: the gradients scatter back through dense (Nq, Nk) maps, exact and simple.
+    q, k, v, key_index = ctx.saved_tensors
+    probabilities = _kept_probabilities(q, k, key_index, ctx.scale)
+    grad_probabilities = (grad_out @ v.transpose(-2, -1)).gather(-1, key_index)
+    grad_logits = probabilities * (grad_probabilities - (grad_probabilities * probabilities).sum(-1, keepdim=True))
+    dense_probabilities = torch.zeros(*q.shape[:3], k.shape[2], dtype=q.dtype, device=q.device)
+    dense_grad_logits = torch.zeros_like(dense_probabilities).scatter(-1, key_index, grad_logits) * ctx.scale
+    grad_q = dense_grad_logits @ k
+    grad_k = dense_grad_logits.transpose(-2, -1) @ q
+    grad_v = dense_probabilities.scatter(-1, key_index, probabilities).transpose(-2, -1) @ grad_out
+    return grad_q, grad_k, grad_v, None, None
+
+
+_kept_key_attention.register_autograd(_kept_key_attention_backward, setup_context=_kept_key_attention_setup)
+
+
+def _worth_kept_keys(q, k, v, key_index, scale=None, dense_queries=0) -> bool:
+    # Measured on the CPU (docs/sparsifiner.md): below ~64 keys the sparse bookkeeping costs more than the dense
+    # products it saves, and keeping every key is dense attention, which torch's fused kernel does faster.
+    return k.shape[2] >= 64 and key_index.shape[-1] < k.shape[2]
+
+
+@sparse_topk_attention.register("kept_keys", priority=20, devices=("cpu",), portable=False, supports=_worth_kept_keys)
+def _sparse_topk_attention_kept_keys(q, k, v, key_index, scale=None, dense_queries=0):
+    _check_arguments(q, k, v, key_index, dense_queries)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    sparse_out = _kept_key_attention(q[:, :, dense_queries:].contiguous(), k.contiguous(), v.contiguous(),
+                                     key_index.contiguous(), scale)
+    if dense_queries == 0:
+        return sparse_out
+    dense_out = F.scaled_dot_product_attention(q[:, :, :dense_queries], k, v, scale=scale)
+    return torch.cat([dense_out, sparse_out], dim=2)
