@@ -4,10 +4,11 @@ import json
 import pytest
 import torch
 
-from visionzoo.bench.ops import OpCall, bench_ops, capture_calls, format_ops_table, reference_flops, time_call
+from visionzoo.bench.ops import DENSE, OpCall, bench_ops, capture_calls, format_ops_table, reference_flops, time_call
 from visionzoo.bench.runner import BenchSettings
 from visionzoo.bench.timing import Schedule
 from visionzoo.cli import main
+from visionzoo.models._factory import create_model
 from visionzoo.ops import get_op, record_calls
 
 QUICK = {"batch_size": 1, "img_size": 64, "schedule": Schedule(warmup=0, iters=1)}
@@ -71,3 +72,17 @@ def test_cli_writes_the_ops_table(tmp_path, capsys):
     assert doc["settings"]["batch_size"] == 1 and {row["op"] for row in doc["rows"]} >= {"window_attention"}
     assert "| window_attention |" in (tmp_path / "ops.md").read_text()
     assert "eager speedup" in capsys.readouterr().out
+
+
+def test_an_op_that_replaces_dense_work_is_timed_against_it():
+    rows = bench_ops(["vz_sparsifiner_deit_tiny"], BenchSettings(**QUICK),
+                     build=lambda name: create_model(name, depth=1, num_classes=10))
+    sparse = [row for row in rows if row["op"] == "sparse_topk_attention"]
+    assert [row["backend"] for row in sparse] == [*get_op("sparse_topk_attention").available(), DENSE]
+    dense = sparse[-1]["eager"]
+    assert dense["vs_dense"] == pytest.approx(1.0)
+    for row in sparse:
+        if "ms" in row["eager"]:
+            assert row["eager"]["vs_dense"] == pytest.approx(dense["ms"] / row["eager"]["ms"])
+    assert "eager vs dense" in format_ops_table(sparse, markdown=True)
+    assert all("vs_dense" not in row["eager"] for row in rows if row["op"] != "sparse_topk_attention")

@@ -67,6 +67,12 @@ def sparse_topk_attention_reference(
 sparse_topk_attention = Op("sparse_topk_attention", sparse_topk_attention_reference)
 
 
+@sparse_topk_attention.replaces
+def dense_attention(q, k, v, key_index, scale=None, dense_queries=0):
+    """What a dense model runs in place of this op: every query attends to every key (torch's fused kernel)."""
+    return F.scaled_dot_product_attention(q, k, v, scale=scale)
+
+
 @sparse_topk_attention.sample_inputs
 def _samples() -> list[Sample]:
     randn = seeded_randn(3)
