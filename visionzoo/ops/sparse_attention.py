@@ -19,8 +19,10 @@ import warnings
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention.flex_attention import create_block_mask
 
 from visionzoo.ops._dispatch import Op, Sample, seeded_randn
+from visionzoo.ops._flex import FLEX_DEVICES, flex_attention, flex_is_fused
 
 
 def _check_arguments(q, k, v, key_index, dense_queries) -> None:
@@ -200,3 +202,23 @@ def _sparse_topk_attention_kept_keys(q, k, v, key_index, scale=None, dense_queri
         return sparse_out
     dense_out = F.scaled_dot_product_attention(q[:, :, :dense_queries], k, v, scale=scale)
     return torch.cat([dense_out, sparse_out], dim=2)
+
+
+def _flex_supports(q, k, v, key_index, scale=None, dense_queries=0) -> bool:
+    return flex_is_fused(q, k, v)
+
+
+@sparse_topk_attention.register("flex", priority=1, devices=FLEX_DEVICES, portable=False, differentiable=False,
+                                supports=_flex_supports)
+def _sparse_topk_attention_flex(q, k, v, key_index, scale=None, dense_queries=0):
+    # The kept keys as a FlexAttention block mask, built per call (it depends on the input). Measured slower than
+    # kept_keys and dense SDPA on the CPU (docs/sparsifiner.md): per-query top-K keys leave almost every 128 × 128
+    # block occupied, so there is nothing to skip and the mask costs extra. Lowest priority until a GPU says otherwise.
+    _check_arguments(q, k, v, key_index, dense_queries)
+    keep = keep_mask(key_index, k.shape[2], dense_queries)
+
+    def kept(batch, head, query, key):
+        return keep[batch, head, query, key]
+
+    mask = create_block_mask(kept, q.shape[0], q.shape[1], q.shape[2], k.shape[2], device=q.device)
+    return flex_attention(q, k, v, block_mask=mask, scale=scale)
