@@ -130,31 +130,30 @@ def _flat_key_index(key_index: torch.Tensor, num_keys: int) -> torch.Tensor:
     return (key_index + offsets).reshape(batch * heads * queries, kept)
 
 
-def _kept_probabilities(q: torch.Tensor, k: torch.Tensor, key_index: torch.Tensor, scale: float) -> torch.Tensor:
-    """Softmax over each query's K kept logits (B, H, Nq, K), the logits a sampled product q kᵀ at ``key_index``."""
-    batch, heads, queries, kept = key_index.shape
-    groups = batch * heads
-    row_starts = torch.arange(0, queries * kept + 1, kept, device=q.device).expand(groups, -1)
-    # Column order within a row is free for the sampled product (each stored entry is one dot product), so the
-    # pattern is key_index itself, unsorted; the invariant checks would reject that and are left off.
+def _kept_probabilities(q: torch.Tensor, k: torch.Tensor, flat_index: torch.Tensor, scale: float) -> torch.Tensor:
+    """Softmax over each query's K kept logits (B·H·Nq, K): a sampled product q kᵀ at the flattened key indices."""
+    rows, kept = flat_index.shape
+    row_starts = torch.arange(0, rows * kept + 1, kept, device=q.device)
+    # One 2-D product over all (batch, head) groups, their keys side by side: a batched CSR call loops over the
+    # groups, one parallel region each. Column order within a row is free for a sampled product (each stored entry
+    # is one dot product), so the pattern is the index itself, unsorted; the invariant checks would reject that.
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta", category=UserWarning)
-        pattern = torch.sparse_csr_tensor(row_starts, key_index.reshape(groups, queries * kept),
-                                          torch.zeros(groups, queries * kept, dtype=q.dtype, device=q.device),
-                                          size=(groups, queries, k.shape[2]), check_invariants=False)
-    logits = torch.sparse.sampled_addmm(pattern, q.reshape(groups, queries, -1),
-                                        k.reshape(groups, k.shape[2], -1).transpose(1, 2), beta=0.0, alpha=scale)
-    return logits.values().view(batch, heads, queries, kept).softmax(dim=-1)
+        pattern = torch.sparse_csr_tensor(row_starts, flat_index.reshape(-1),
+                                          torch.zeros(rows * kept, dtype=q.dtype, device=q.device),
+                                          size=(rows, k.shape[0] * k.shape[1] * k.shape[2]), check_invariants=False)
+    logits = torch.sparse.sampled_addmm(pattern, q.reshape(rows, -1), k.reshape(-1, k.shape[-1]).t(), beta=0.0,
+                                        alpha=scale)
+    return logits.values().view(rows, kept).softmax(dim=-1)
 
 
 @torch.library.custom_op("visionzoo::kept_key_attention", mutates_args=())
 def _kept_key_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_index: torch.Tensor,
                         scale: float) -> torch.Tensor:
     """Every query of q (B, H, Nq, E) attends to its K keys of ``key_index`` only: (B, H, Nq, Ev)."""
-    probabilities = _kept_probabilities(q, k, key_index, scale)
     flat_index = _flat_key_index(key_index, k.shape[2])
-    out = F.embedding_bag(flat_index, v.reshape(-1, v.shape[-1]),
-                          per_sample_weights=probabilities.reshape(flat_index.shape), mode="sum")
+    probabilities = _kept_probabilities(q, k, flat_index, scale)
+    out = F.embedding_bag(flat_index, v.reshape(-1, v.shape[-1]), per_sample_weights=probabilities, mode="sum")
     return out.view(*q.shape[:3], v.shape[-1])
 
 
@@ -172,7 +171,8 @@ def _kept_key_attention_setup(ctx, inputs, output) -> None:
 def _kept_key_attention_backward(ctx, grad_out):
     # Training is not what this path is for: the gradients scatter back through dense (Nq, Nk) maps, exact and simple.
     q, k, v, key_index = ctx.saved_tensors
-    probabilities = _kept_probabilities(q, k, key_index, ctx.scale)
+    probabilities = _kept_probabilities(q, k, _flat_key_index(key_index, k.shape[2]), ctx.scale)
+    probabilities = probabilities.view(key_index.shape)
     grad_probabilities = (grad_out @ v.transpose(-2, -1)).gather(-1, key_index)
     grad_logits = probabilities * (grad_probabilities - (grad_probabilities * probabilities).sum(-1, keepdim=True))
     dense_probabilities = torch.zeros(*q.shape[:3], k.shape[2], dtype=q.dtype, device=q.device)
