@@ -86,7 +86,7 @@ def format_markdown(results: dict, results_path: str) -> str:
               for row in rows]
     lines += [
         "",
-        f"<sub>{machine['device_name']} ({machine['device']}), {machine['torch_threads']} torch threads, torch "
+        f"<sub>{machine['device_name']} ({machine['device']}), {machine['torch_threads']} torch thread(s), torch "
         f"{machine['torch']}. Op: the dense computation's median ms over the backend's (`bench --ops`, the calls the "
         "model makes). Model: our img/s over the dense model's, timed alternately, p10–p90 of the pair ratios "
         f"(`bench --vs`). Command: <code>{results['command']}</code>.</sub><br>",
