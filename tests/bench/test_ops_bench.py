@@ -4,10 +4,11 @@ import json
 import pytest
 import torch
 
-from visionzoo.bench.ops import OpCall, bench_ops, capture_calls, format_ops_table, reference_flops, time_call
+from visionzoo.bench.ops import DENSE, OpCall, bench_ops, capture_calls, format_ops_table, reference_flops, time_call
 from visionzoo.bench.runner import BenchSettings
 from visionzoo.bench.timing import Schedule
 from visionzoo.cli import main
+from visionzoo.models._factory import create_model
 from visionzoo.ops import get_op, record_calls
 
 QUICK = {"batch_size": 1, "img_size": 64, "schedule": Schedule(warmup=0, iters=1)}
@@ -77,3 +78,17 @@ def test_reference_flops_of_spectral_gating_are_its_two_real_ffts():
     call = OpCall("spectral_gating", (torch.randn(1, 8, 8, 4), torch.randn(8, 5, 4, 2)), {}, ["test"])
     one_transform = 2.5 * 64 * 6 * 4  # 2.5·N·log2(N) real FLOPs per 64-point plane, 4 channels
     assert reference_flops(call) == 2 * one_transform
+
+
+def test_an_op_that_replaces_dense_work_is_timed_against_it():
+    rows = bench_ops(["vz_sparsifiner_deit_tiny"], BenchSettings(**QUICK),
+                     build=lambda name: create_model(name, depth=1, num_classes=10))
+    sparse = [row for row in rows if row["op"] == "sparse_topk_attention"]
+    assert [row["backend"] for row in sparse] == [*get_op("sparse_topk_attention").available(), DENSE]
+    dense = sparse[-1]["eager"]
+    assert dense["vs_dense"] == pytest.approx(1.0)
+    for row in sparse:
+        if "ms" in row["eager"]:
+            assert row["eager"]["vs_dense"] == pytest.approx(dense["ms"] / row["eager"]["ms"])
+    assert "eager vs dense" in format_ops_table(sparse, markdown=True)
+    assert all("vs_dense" not in row["eager"] for row in rows if row["op"] != "sparse_topk_attention")

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from visionzoo.ops import REFERENCE
 from visionzoo.ops.sparse_attention import keep_mask, sparse_topk_attention
 
-BACKENDS = ["gather", "sdpa"]
+BACKENDS = ["gather", "sdpa", "kept_keys"]
 
 
 @st.composite
@@ -37,14 +37,16 @@ def _call(batch, heads, queries, keys, kept, dense_queries, ties, width, require
     return q, k, v, scores.topk(kept, dim=-1).indices
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-@settings(max_examples=40, deadline=None)
+# gather (never auto-chosen: sdpa outranks it everywhere) is the slowest to check: slow run only.
+@pytest.mark.parametrize("backend", [pytest.param("gather", marks=pytest.mark.slow), "sdpa", "kept_keys"])
+@settings(max_examples=25, deadline=None)  # three backends share the default-run budget
 @given(call=sparse_calls())
 def test_fast_paths_equal_reference_forward_and_backward(backend, call):
     *shape, dense_queries, ties, width = call
     q, k, v, index = _call(*shape, dense_queries, ties, width, requires_grad=True)
     expected = sparse_topk_attention(q, k, v, index, dense_queries=dense_queries, backend=REFERENCE)
-    actual = sparse_topk_attention(q, k, v, index, dense_queries=dense_queries, backend=backend)
+    # The implementation itself: auto mode and a forced choice skip kept_keys on calls this small.
+    actual = sparse_topk_attention.implementation(backend)(q, k, v, index, dense_queries=dense_queries)
     torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)
     upstream = torch.randn_like(expected)
     grads = torch.autograd.grad(expected, (q, k, v), upstream)
@@ -66,15 +68,28 @@ def test_keep_rate_one_is_dense_attention():
     everything = torch.arange(9).flip(0).expand(1, 2, 8, 9)  # every key, in another order
     expected = torch.softmax(q @ k.transpose(-2, -1) * 8**-0.5, dim=-1) @ v
     for backend in [REFERENCE, *BACKENDS]:
-        out = sparse_topk_attention(q, k, v, everything, dense_queries=1, backend=backend)
+        out = sparse_topk_attention.implementation(backend)(q, k, v, everything, dense_queries=1)
         torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
 
 
-def test_one_key_per_query_copies_that_value():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_one_key_per_query_copies_that_value(backend):
     q, k, v = (torch.randn(2, 1, 6, 4) for _ in range(3))
     index = torch.randint(0, 6, (2, 1, 6, 1))
-    out = sparse_topk_attention(q, k, v, index, backend="gather")
+    out = sparse_topk_attention.implementation(backend)(q, k, v, index)
     torch.testing.assert_close(out, torch.gather(v, 2, index.expand(-1, -1, -1, 4)))
+
+
+def test_auto_mode_takes_kept_keys_only_where_it_measured_faster():
+    def chosen(keys, kept):
+        q, k, v = (torch.randn(1, 1, keys, 8) for _ in range(3))
+        index = torch.rand(1, 1, keys - 1, keys).topk(kept, dim=-1).indices
+        return sparse_topk_attention.select(q, k, v, index, dense_queries=1)
+
+    kept_keys = sparse_topk_attention.implementation("kept_keys")
+    assert chosen(197, 50) is kept_keys
+    assert chosen(197, 197) is not kept_keys, "every key kept is dense attention: the fused kernel is faster"
+    assert chosen(50, 13) is not kept_keys, "below 64 keys the dense products are cheaper"
 
 
 @pytest.mark.parametrize("bad, message", [

@@ -7,6 +7,8 @@ pair inherits another's graph). FLOPs are the reference's, counted on the meta d
 FlopCounter, so GFLOP/s measure useful work and the speedup is over the reference in the same mode.
 A backend that refuses a call (wrong device, a package missing, ``supports`` says no, e.g. a FlexAttention
 backend in eager CPU mode, where it would materialise every score) gets its reason instead of a time.
+An op that names the dense computation it replaces (:meth:`visionzoo.ops.Op.replaces`, e.g. full attention for
+sparse attention) gets that timed too, as the row ``dense (replaced)``, and every row its speedup over it (``vs_dense``).
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from visionzoo.models._factory import create_model
 from visionzoo.ops import REFERENCE, get_op, record_calls
 
 MODES = ("eager", "compiled")
+DENSE = "dense (replaced)"
 
 
 @dataclass
@@ -109,6 +112,8 @@ def _runner(call: OpCall, backend: str, compiled: bool) -> Callable[[], torch.Te
     op = get_op(call.op)
 
     def run(*args, **kwargs):
+        if backend == DENSE:
+            return op.dense_baseline(*args, **kwargs)
         return op(*args, backend=backend, **kwargs)
 
     if compiled:
@@ -137,7 +142,8 @@ def bench_ops(names: list[str], settings: BenchSettings, build: Callable[[str], 
     for call in capture_calls(names, settings, build):
         flops = reference_flops(call)
         measured = {}
-        for backend in get_op(call.op).available():
+        op = get_op(call.op)
+        for backend in [*op.available(), *([DENSE] if op.dense_baseline else [])]:
             on_pair(f"{call.op}/{backend}")
             measured[backend] = {mode: time_call(call, backend, mode == "compiled", settings) for mode in modes}
         for backend, by_mode in measured.items():
@@ -151,6 +157,9 @@ def bench_ops(names: list[str], settings: BenchSettings, build: Callable[[str], 
                     "gflops": flops / (ms * 1e6) if ms else None,
                     "speedup": reference_ms / ms if ms and reference_ms else None,
                 }
+                if DENSE in measured:
+                    dense_ms = measured[DENSE][mode].get("ms")
+                    row[mode]["vs_dense"] = dense_ms / ms if ms and dense_ms else None
             rows.append(row)
     return rows
 
@@ -162,9 +171,10 @@ def _cell(value, spec: str) -> str:
 def format_ops_table(rows: list[dict], markdown: bool = False) -> str:
     """The rows as a Markdown table (or aligned text), one line per (call, backend)."""
     modes = [mode for mode in MODES if any(mode in row for row in rows)]
+    with_dense = any("vs_dense" in row[mode] for row in rows for mode in modes)
     header = ["op", "call", "models", "backend", "GFLOP"]
     for mode in modes:
-        header += [f"{mode} ms", f"{mode} GFLOP/s", f"{mode} speedup"]
+        header += [f"{mode} ms", f"{mode} GFLOP/s", f"{mode} speedup"] + ([f"{mode} vs dense"] if with_dense else [])
     lines = []
     for row in rows:
         cells = [row["op"], row["call"], " ".join(row["models"]) + f" (x{row['calls_per_forward']})",
@@ -172,10 +182,11 @@ def format_ops_table(rows: list[dict], markdown: bool = False) -> str:
         for mode in modes:
             result = row[mode]
             if "error" in result:
-                cells += ["n/a", "-", result["error"][:60]]
+                cells += ["n/a", "-", result["error"][:60]] + (["-"] if with_dense else [])
             else:
                 cells += [_cell(result["ms"], ".3f"), _cell(result["gflops"], ".1f"),
                           _cell(result["speedup"], ".2f") + "x"]
+                cells += [_cell(result.get("vs_dense"), ".2f") + "x"] if with_dense else []
         lines.append(cells)
     if markdown:
         table = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -194,5 +205,7 @@ def ops_markdown(doc: dict) -> str:
         f"{machine['torch_threads']} torch thread(s), torch {machine['torch']}, {machine['date_utc'][:16]} UTC; "
         f"medians of {timed} after {settings['warmup']} warm-up, {settings['dtype']}, batch {settings['batch_size']}. "
         "GFLOP: the reference's (what the op computes, FFTs included); n/a: the backend refused the call or failed, the reason "
-        "in the speedup column (ops.json has it whole).\n\n" + format_ops_table(doc["rows"], markdown=True) + "\n"
+        "in the speedup column (ops.json has it whole). vs dense (ops that replace a dense computation): the "
+        f"dense computation's ms over the row's, the row `{DENSE}` timing it.\n\n"
+        + format_ops_table(doc["rows"], markdown=True) + "\n"
     )

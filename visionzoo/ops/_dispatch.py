@@ -152,6 +152,7 @@ class Op:
         self.backends: dict[str, Backend] = {}
         self._by_priority: list[Backend] = []
         self._samples: Callable[[], list[Sample]] | None = None
+        self.dense_baseline: Callable | None = None
         # What an FX graph that calls this op prints and imports it by.
         self.__name__ = self.__qualname__ = name
         self.__module__ = reference.__module__
@@ -190,6 +191,12 @@ class Op:
     def sample_inputs(self, fn: Callable[[], list[Sample]]) -> Callable[[], list[Sample]]:
         """Decorator naming the function that builds this op's small contract-test calls (CPU tensors)."""
         self._samples = fn
+        return fn
+
+    def replaces(self, fn: Callable) -> Callable:
+        """Decorator naming the dense computation this op stands in for in the dense model (same arguments), e.g.
+        full attention for an attention over a subset of keys: ``bench --ops`` times it beside the backends."""
+        self.dense_baseline = fn
         return fn
 
     def samples(self) -> list[Sample]:

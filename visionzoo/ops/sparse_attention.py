@@ -2,8 +2,11 @@
 
 Sparsifiner (Wei et al., CVPR 2023, arXiv 2303.13755) predicts, for every query, the top-K keys it may attend to;
 the official code then runs dense attention with the other logits set to -inf. That function is the reference
-here. The ``gather`` backend computes only the kept pairs: it gathers the K key and value rows of every query and
-does O(N·K·d) work instead of O(N²·d).
+here. The ``kept_keys`` backend computes only the kept pairs, O(N·K·d) work instead of O(N²·d), without building
+any (N, K, d) tensor: the K logits of each query come from a sampled matrix product (``torch.sparse.sampled_addmm``
+on a CSR pattern whose rows are the ``key_index`` rows) and the weighted sum of the K value rows from
+``embedding_bag``. The ``gather`` backend is the plain form of the same work (it gathers the K key and value rows of
+every query), kept as a portable, memory-bound baseline.
 
 Shapes: q (B, H, Nq, E), k (B, H, Nk, E), v (B, H, Nk, Ev). The first ``dense_queries`` query rows (a class token)
 attend to every key; the other Nq - dense_queries rows attend to the keys named by ``key_index``
@@ -12,10 +15,14 @@ attend to every key; the other Nq - dense_queries rows attend to the keys named 
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
+from torch.nn.attention.flex_attention import create_block_mask
 
 from visionzoo.ops._dispatch import Op, Sample, seeded_randn
+from visionzoo.ops._flex import FLEX_DEVICES, flex_attention, flex_is_fused
 
 
 def _check_arguments(q, k, v, key_index, dense_queries) -> None:
@@ -60,6 +67,12 @@ def sparse_topk_attention_reference(
 
 
 sparse_topk_attention = Op("sparse_topk_attention", sparse_topk_attention_reference)
+
+
+@sparse_topk_attention.replaces
+def dense_attention(q, k, v, key_index, scale=None, dense_queries=0):
+    """What a dense model runs in place of this op: every query attends to every key (torch's fused kernel)."""
+    return F.scaled_dot_product_attention(q, k, v, scale=scale)
 
 
 @sparse_topk_attention.sample_inputs
@@ -108,3 +121,104 @@ def _sparse_topk_attention_sdpa(q, k, v, key_index, scale=None, dense_queries=0)
     _check_arguments(q, k, v, key_index, dense_queries)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=keep_mask(key_index, k.shape[2], dense_queries),
                                           scale=scale)
+
+
+def _flat_key_index(key_index: torch.Tensor, num_keys: int) -> torch.Tensor:
+    """(B, H, Nq, K) key indices → (B·H·Nq, K) row indices into the (B·H·Nk, E) flattened keys or values."""
+    batch, heads, queries, kept = key_index.shape
+    offsets = torch.arange(batch * heads, device=key_index.device).view(batch, heads, 1, 1) * num_keys
+    return (key_index + offsets).reshape(batch * heads * queries, kept)
+
+
+def _kept_probabilities(q: torch.Tensor, k: torch.Tensor, flat_index: torch.Tensor, scale: float) -> torch.Tensor:
+    """Softmax over each query's K kept logits (B·H·Nq, K): a sampled product q kᵀ at the flattened key indices."""
+    rows, kept = flat_index.shape
+    row_starts = torch.arange(0, rows * kept + 1, kept, device=q.device)
+    # One 2-D product over all (batch, head) groups, their keys side by side: a batched CSR call loops over the
+    # groups, one parallel region each. Column order within a row is free for a sampled product (each stored entry
+    # is one dot product), so the pattern is the index itself, unsorted; the invariant checks would reject that.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta", category=UserWarning)
+        pattern = torch.sparse_csr_tensor(row_starts, flat_index.reshape(-1),
+                                          torch.zeros(rows * kept, dtype=q.dtype, device=q.device),
+                                          size=(rows, k.shape[0] * k.shape[1] * k.shape[2]), check_invariants=False)
+    logits = torch.sparse.sampled_addmm(pattern, q.reshape(rows, -1), k.reshape(-1, k.shape[-1]).t(), beta=0.0,
+                                        alpha=scale)
+    return logits.values().view(rows, kept).softmax(dim=-1)
+
+
+@torch.library.custom_op("visionzoo::kept_key_attention", mutates_args=())
+def _kept_key_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_index: torch.Tensor,
+                        scale: float) -> torch.Tensor:
+    """Every query of q (B, H, Nq, E) attends to its K keys of ``key_index`` only: (B, H, Nq, Ev)."""
+    flat_index = _flat_key_index(key_index, k.shape[2])
+    probabilities = _kept_probabilities(q, k, flat_index, scale)
+    out = F.embedding_bag(flat_index, v.reshape(-1, v.shape[-1]), per_sample_weights=probabilities, mode="sum")
+    return out.view(*q.shape[:3], v.shape[-1])
+
+
+@_kept_key_attention.register_fake
+def _(q, k, v, key_index, scale):
+    return q.new_empty(*q.shape[:3], v.shape[-1])
+
+
+def _kept_key_attention_setup(ctx, inputs, output) -> None:
+    q, k, v, key_index, scale = inputs
+    ctx.save_for_backward(q, k, v, key_index)
+    ctx.scale = scale
+
+
+def _kept_key_attention_backward(ctx, grad_out):
+    # Training is not what this path is for: the gradients scatter back through dense (Nq, Nk) maps, exact and simple.
+    q, k, v, key_index = ctx.saved_tensors
+    probabilities = _kept_probabilities(q, k, _flat_key_index(key_index, k.shape[2]), ctx.scale)
+    probabilities = probabilities.view(key_index.shape)
+    grad_probabilities = (grad_out @ v.transpose(-2, -1)).gather(-1, key_index)
+    grad_logits = probabilities * (grad_probabilities - (grad_probabilities * probabilities).sum(-1, keepdim=True))
+    dense_probabilities = torch.zeros(*q.shape[:3], k.shape[2], dtype=q.dtype, device=q.device)
+    dense_grad_logits = torch.zeros_like(dense_probabilities).scatter(-1, key_index, grad_logits) * ctx.scale
+    grad_q = dense_grad_logits @ k
+    grad_k = dense_grad_logits.transpose(-2, -1) @ q
+    grad_v = dense_probabilities.scatter(-1, key_index, probabilities).transpose(-2, -1) @ grad_out
+    return grad_q, grad_k, grad_v, None, None
+
+
+_kept_key_attention.register_autograd(_kept_key_attention_backward, setup_context=_kept_key_attention_setup)
+
+
+def _worth_kept_keys(q, k, v, key_index, scale=None, dense_queries=0) -> bool:
+    # Measured on the CPU (docs/sparsifiner.md): below ~64 keys the sparse bookkeeping costs more than the dense
+    # products it saves, and keeping every key is dense attention, which torch's fused kernel does faster.
+    return k.shape[2] >= 64 and key_index.shape[-1] < k.shape[2]
+
+
+@sparse_topk_attention.register("kept_keys", priority=20, devices=("cpu",), portable=False, supports=_worth_kept_keys)
+def _sparse_topk_attention_kept_keys(q, k, v, key_index, scale=None, dense_queries=0):
+    _check_arguments(q, k, v, key_index, dense_queries)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    sparse_out = _kept_key_attention(q[:, :, dense_queries:].contiguous(), k.contiguous(), v.contiguous(),
+                                     key_index.contiguous(), scale)
+    if dense_queries == 0:
+        return sparse_out
+    dense_out = F.scaled_dot_product_attention(q[:, :, :dense_queries], k, v, scale=scale)
+    return torch.cat([dense_out, sparse_out], dim=2)
+
+
+def _flex_supports(q, k, v, key_index, scale=None, dense_queries=0) -> bool:
+    return flex_is_fused(q, k, v)
+
+
+@sparse_topk_attention.register("flex", priority=1, devices=FLEX_DEVICES, portable=False, differentiable=False,
+                                supports=_flex_supports)
+def _sparse_topk_attention_flex(q, k, v, key_index, scale=None, dense_queries=0):
+    # The kept keys as a FlexAttention block mask, built per call (it depends on the input). Measured slower than
+    # kept_keys and dense SDPA on the CPU (docs/sparsifiner.md): per-query top-K keys leave almost every 128 × 128
+    # block occupied, so there is nothing to skip and the mask costs extra. Lowest priority until a GPU says otherwise.
+    _check_arguments(q, k, v, key_index, dense_queries)
+    keep = keep_mask(key_index, k.shape[2], dense_queries)
+
+    def kept(batch, head, query, key):
+        return keep[batch, head, query, key]
+
+    mask = create_block_mask(kept, q.shape[0], q.shape[1], q.shape[2], k.shape[2], device=q.device)
+    return flex_attention(q, k, v, block_mask=mask, scale=scale)
