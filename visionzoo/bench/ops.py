@@ -204,8 +204,8 @@ def ops_markdown(doc: dict) -> str:
         f"{machine['device_name']} ({machine.get('cpu_capability') or machine['device']}), "
         f"{machine['torch_threads']} torch thread(s), torch {machine['torch']}, {machine['date_utc'][:16]} UTC; "
         f"medians of {timed} after {settings['warmup']} warm-up, {settings['dtype']}, batch {settings['batch_size']}. "
-        "GFLOP: the reference's (what the op computes, FFTs included); n/a: the backend refused the call or failed, the reason "
-        "in the speedup column (ops.json has it whole). vs dense (ops that replace a dense computation): the "
+        "GFLOP: the reference's (what the op computes, FFTs included); n/a: the backend refused the call or failed, "
+        "the reason in the speedup column (ops.json has it whole). vs dense (ops that replace a dense computation): the "
         f"dense computation's ms over the row's, the row `{DENSE}` timing it.\n\n"
         + format_ops_table(doc["rows"], markdown=True) + "\n"
     )
