@@ -19,6 +19,7 @@ from visionzoo.data.points import (
     synthetic_shapes,
     vote_scales,
     write_modelnet40_layout,
+    write_shapenetpart_layout,
 )
 from visionzoo.engine.evaluate import part_segmentation_miou
 
@@ -91,11 +92,22 @@ def test_shapenetpart_reader_and_part_ranges(tmp_path):
             handle["pid"] = rng.integers(28, 30, size=(count, 64)).astype(np.uint8)
         (tmp_path / f"{split}_hdf5_file_list.txt").write_text(f"hdf5_data/ply_data_{split}0.h5\n")
     trainval = ShapeNetPartDataset(tmp_path, "trainval", num_points=48)
-    points, category, parts = trainval[6]
+    (points, category), parts = trainval[6]
     assert len(trainval) == 7 and points.shape == (48, 3) and int(category) == 9 and parts.shape == (48,)
     ranges = shapenetpart_part_ranges()
     assert [r.start for r in ranges] == [0, 4, 6, 8, 12, 16, 19, 22, 24, 28, 30, 36, 38, 41, 44, 47]
     assert ranges[-1].stop == 50 and ranges[9] == range(28, 30)
+
+
+def test_synthetic_part_shapes_read_back_with_each_categorys_two_parts(tmp_path):
+    root = write_shapenetpart_layout(tmp_path, num_train=8, num_test=4, num_points=64, seed=1)
+    trainval, test = ShapeNetPartDataset(root, "trainval", 48), ShapeNetPartDataset(root, "test", 48)
+    assert (len(trainval), len(test), len(trainval.classes)) == (8, 4, 50)
+    ranges = shapenetpart_part_ranges()
+    for category, parts in zip(trainval.categories.tolist(), trainval.parts):
+        assert set(parts.tolist()) == set(ranges[category]), category  # both halves of every shape are present
+    with pytest.raises(PointDataError, match="asked for 80 points"):
+        ShapeNetPartDataset(root, "test", 80)
 
 
 def test_part_miou_restricts_to_the_category_and_scores_absent_parts_as_one():

@@ -137,7 +137,10 @@ def scanobjectnn_h5(root: str | Path, split: str, variant: str = "PB_T50_RS", nu
 
 
 class ShapeNetPartDataset(Dataset):
-    """ShapeNetPart HDF5 release; items are ``(points (P, 3), category, part ids (P,))`` with global part ids."""
+    """ShapeNetPart HDF5 release; items are ``((points (P, 3), category), part ids (P,))`` with global part ids, so
+    that the training tools pass ``(points, category)`` to the model and score the per-point part ids.
+
+    ``transform`` maps the points alone and must keep their order (the part ids stay where they are)."""
 
     def __init__(self, root: str | Path, split: str, num_points: int | None = 2048, transform=None):
         root = Path(root)
@@ -146,18 +149,30 @@ class ShapeNetPartDataset(Dataset):
         lists = ("train", "val") if split == "trainval" else (split,)
         files = [path for name in lists for path in _listed_files(root, f"{name}_hdf5_file_list.txt")]
         arrays = _read_h5(files, ("data", "label", "pid"))
+        if num_points is not None and num_points > arrays["data"].shape[1]:
+            raise PointDataError(f"{root}: asked for {num_points} points per cloud, the files hold "
+                                 f"{arrays['data'].shape[1]}")
         self.points = torch.from_numpy(np.ascontiguousarray(arrays["data"][:, :num_points], dtype=np.float32))
         self.categories = torch.from_numpy(arrays["label"].reshape(-1).astype(np.int64))
         self.parts = torch.from_numpy(arrays["pid"][:, :num_points].astype(np.int64))
-        self.root, self.transform = root, transform
+        if len(self.parts) and (self.parts.min() < 0 or self.parts.max() >= sum(SHAPENETPART_PARTS)):
+            raise PointDataError(f"{root}: part ids span {int(self.parts.min())}..{int(self.parts.max())}, "
+                                 f"ShapeNetPart numbers its {sum(SHAPENETPART_PARTS)} parts from 0")
+        self.classes = [f"{category}_{index}" for category, count in zip(SHAPENETPART_CATEGORIES, SHAPENETPART_PARTS)
+                        for index in range(count)]
+        self.class_to_idx = {name: index for index, name in enumerate(self.classes)}
+        self.root, self.transform, self.skipped = root, transform, []
 
     def __len__(self) -> int:
         return len(self.categories)
 
     def __getitem__(self, index: int):
         points = self.points[index]
-        return (self.transform(points) if self.transform is not None else points), self.categories[index], \
-            self.parts[index]
+        points = self.transform(points) if self.transform is not None else points
+        return (points, self.categories[index]), self.parts[index]
+
+    def notice(self) -> str | None:
+        return None
 
 
 def shapenetpart_part_ranges() -> list[range]:
@@ -167,13 +182,16 @@ def shapenetpart_part_ranges() -> list[range]:
 
 
 def point_dataset(data_format: str, root: str | Path, split: str, num_points: int, transform=None,
-                  variant: str = "PB_T50_RS") -> PointCloudDataset:
-    """The classification reader for ``data_format`` (``modelnet40_h5`` or ``scanobjectnn_h5``)."""
+                  variant: str = "PB_T50_RS") -> PointCloudDataset | ShapeNetPartDataset:
+    """The reader for ``data_format`` (``modelnet40_h5``, ``scanobjectnn_h5`` or ``shapenetpart_h5``)."""
     if data_format == "modelnet40_h5":
         return modelnet40_h5(root, split, num_points, transform)
     if data_format == "scanobjectnn_h5":
         return scanobjectnn_h5(root, split, variant, num_points, transform)
-    raise PointDataError(f"unknown point data format {data_format!r}; use modelnet40_h5 or scanobjectnn_h5")
+    if data_format == "shapenetpart_h5":
+        return ShapeNetPartDataset(root, split, num_points, transform)
+    raise PointDataError(f"unknown point data format {data_format!r}; use modelnet40_h5, scanobjectnn_h5 or "
+                         f"shapenetpart_h5")
 
 
 class PointCloudTrainTransform:
@@ -288,16 +306,56 @@ def synthetic_shapes(count: int, num_points: int = 2048, classes: tuple[str, ...
     points = np.empty((count, num_points, 3), dtype=np.float32)
     normals = np.empty((count, num_points, 3), dtype=np.float32)
     for index, label in enumerate(labels):
-        surface, normal = _sample_surface(classes[label], num_points, rng)
-        scale = rng.uniform(0.8, 1.2, 3)
-        rotation = _random_rotation(rng, upright)
-        cloud = (surface * scale) @ rotation.T + noise * rng.standard_normal((num_points, 3))
-        cloud -= cloud.mean(0)
-        cloud /= np.linalg.norm(cloud, axis=1).max()
-        turned = (normal / scale) @ rotation.T
-        points[index] = cloud
-        normals[index] = turned / np.maximum(np.linalg.norm(turned, axis=1, keepdims=True), 1e-12)
+        points[index], normals[index], _ = _synthetic_cloud(classes[label], num_points, rng, noise, upright)
     return points, normals, labels.astype(np.uint8)
+
+
+def _synthetic_cloud(name: str, num_points: int, rng: np.random.Generator, noise: float, upright: bool):
+    """One cloud of shape ``name`` placed as :func:`synthetic_shapes` describes, its normals, and the unplaced
+    surface points (whose coordinates define the synthetic parts)."""
+    surface, normal = _sample_surface(name, num_points, rng)
+    scale = rng.uniform(0.8, 1.2, 3)
+    rotation = _random_rotation(rng, upright)
+    cloud = (surface * scale) @ rotation.T + noise * rng.standard_normal((num_points, 3))
+    cloud -= cloud.mean(0)
+    cloud /= np.linalg.norm(cloud, axis=1).max()
+    turned = (normal / scale) @ rotation.T
+    return cloud, turned / np.maximum(np.linalg.norm(turned, axis=1, keepdims=True), 1e-12), surface
+
+
+# ShapeNetPart categories with two parts each, drawn as synthetic shapes whose upper half (z ≥ 0 before placing)
+# is the category's first part and whose lower half is its second.
+SYNTHETIC_PART_SHAPES = {"bag": "sphere", "cap": "cone", "laptop": "cube", "mug": "cylinder"}
+
+
+def write_shapenetpart_layout(root: str | Path, num_train: int = 200, num_test: int = 60, num_points: int = 2048,
+                              seed: int = 0) -> Path:
+    """Write synthetic part-labelled shapes as a ``shapenet_part_seg_hdf5_data`` folder: ``ply_data_{split}0.h5``
+    with ``data``, the category ``label`` (n, 1) and per-point global part ids ``pid``, and the
+    ``{train,val,test}_hdf5_file_list.txt`` lists (val holds no shapes, so ``trainval`` equals ``train``). Upright
+    shapes (turned about z only), so an upper/lower half stays one."""
+    h5py = _h5py()
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    first_part = dict(zip(SHAPENETPART_CATEGORIES, np.cumsum((0, *SHAPENETPART_PARTS[:-1]))))
+    categories = [SHAPENETPART_CATEGORIES.index(name) for name in SYNTHETIC_PART_SHAPES]
+    for offset, (split, count) in enumerate((("train", num_train), ("val", 0), ("test", num_test))):
+        rng = np.random.default_rng(seed * 3 + offset)
+        labels = np.arange(count) % len(categories)
+        rng.shuffle(labels)
+        points = np.empty((count, num_points, 3), dtype=np.float32)
+        parts = np.empty((count, num_points), dtype=np.uint8)
+        for index, choice in enumerate(labels):
+            category = SHAPENETPART_CATEGORIES[categories[choice]]
+            points[index], _, surface = _synthetic_cloud(SYNTHETIC_PART_SHAPES[category], num_points, rng, 0.01, True)
+            parts[index] = first_part[category] + (surface[:, 2] < 0)
+        name = f"ply_data_{split}0.h5"
+        with h5py.File(root / name, "w") as handle:
+            handle.create_dataset("data", data=points)
+            handle.create_dataset("label", data=np.asarray(categories, dtype=np.uint8)[labels, None])
+            handle.create_dataset("pid", data=parts)
+        (root / f"{split}_hdf5_file_list.txt").write_text(f"hdf5_data/{name}\n")
+    return root
 
 
 def write_modelnet40_layout(root: str | Path, num_train: int = 400, num_test: int = 120, num_points: int = 2048,
@@ -359,12 +417,14 @@ def point_count(cfg: dict) -> int:
     return int(size[0])
 
 
-def point_splits(cfg: dict, num_points: int) -> tuple[PointCloudDataset, PointCloudDataset]:
+def point_splits(cfg: dict, num_points: int) -> tuple[Dataset, Dataset]:
     """The train split with the recipe's augmentation and the eval split without, from ``cfg['data']``."""
     data, aug = cfg["data"], cfg["aug"]
     if not data["dir"]:
         raise PointDataError("data.dir is not set; pass --data-dir DIR (the folder holding the .h5 files)")
-    augment = PointCloudTrainTransform(tuple(aug["point_scale"]), aug["point_shift"])
+    # Part ids are per point: the part-segmentation transform keeps the stored order.
+    shuffle = data["format"] != "shapenetpart_h5"
+    augment = PointCloudTrainTransform(tuple(aug["point_scale"]), aug["point_shift"], shuffle)
     variant = data["scanobjectnn_variant"]
     train = point_dataset(data["format"], data["dir"], data["train_split"], num_points, augment, variant)
     val = point_dataset(data["format"], data["dir"], data["val_split"], num_points, None, variant)

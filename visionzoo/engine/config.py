@@ -41,7 +41,7 @@ DEFAULTS: dict[str, Any] = {
         "std": None,
         "workers": 4,
         "pin_memory": True,
-        "format": "folder",  # folder (ImageNet-style) / modelnet40_h5 / scanobjectnn_h5 (visionzoo/data/points.py)
+        "format": "folder",  # folder / modelnet40_h5 / scanobjectnn_h5 / shapenetpart_h5 (visionzoo/data/points.py)
         "num_points": None,  # point clouds: points per cloud (the first of each stored cloud); None = the model's
         "scanobjectnn_variant": "PB_T50_RS",  # PB_T50_RS / OBJ_BG / OBJ_ONLY
     },
@@ -79,7 +79,7 @@ DEFAULTS: dict[str, Any] = {
         "deterministic": False,
         "eval_every": 1,  # epochs
         "checkpoint_every_steps": 0,  # also refresh last.pth every N optimizer steps; 0 = end of epoch only
-        "best_metric": "top1",  # top1 or ema_top1
+        "best_metric": "top1",  # top1, ema_top1, or instance_miou (part segmentation)
         "log_every": 10,  # optimizer steps between per-step wandb logs
         "output": "runs",
     },
@@ -138,8 +138,8 @@ CHOICES = {
     ("loss", "name"): ("ce", "bce", "ce_others"),
     ("optim", "clip_mode"): ("norm", "agc", "value"),
     ("runtime", "amp"): ("auto", "bf16", "fp16", "none"),
-    ("train", "best_metric"): ("top1", "ema_top1"),
-    ("data", "format"): ("folder", "modelnet40_h5", "scanobjectnn_h5"),
+    ("train", "best_metric"): ("top1", "ema_top1", "instance_miou"),
+    ("data", "format"): ("folder", "modelnet40_h5", "scanobjectnn_h5", "shapenetpart_h5"),
     ("data", "scanobjectnn_variant"): ("PB_T50_RS", "OBJ_BG", "OBJ_ONLY"),
 }
 

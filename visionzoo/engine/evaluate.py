@@ -170,7 +170,8 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "none"))
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--device", help="default: cuda when available, else cpu")
-    parser.add_argument("--data-format", default="folder", choices=("folder", "modelnet40_h5", "scanobjectnn_h5"),
+    parser.add_argument("--data-format", default="folder",
+                        choices=("folder", "modelnet40_h5", "scanobjectnn_h5", "shapenetpart_h5"),
                         help="point clouds: the HDF5 layout of --data-dir (see visionzoo/data/points.py)")
     parser.add_argument("--num-points", type=int, help="point clouds: points per cloud (default: the model's)")
     parser.add_argument("--scanobjectnn-variant", default="PB_T50_RS", choices=("PB_T50_RS", "OBJ_BG", "OBJ_ONLY"))
@@ -255,7 +256,8 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def _run_point_eval(args, checkpoint: Path, output: Path, info, state_dict: dict, training_config: dict | None) -> int:
-    """``visionzoo eval`` on a point-cloud HDF5 split: OA (top-1) and mAcc, single pass first, then the vote."""
+    """``visionzoo eval`` on a point-cloud HDF5 split: OA (top-1) and mAcc, single pass first, then the vote; for
+    ShapeNetPart, instance and class mIoU (no vote: the sheet defines voting for classification only)."""
     from visionzoo.data.points import point_count, point_dataset, vote_scales
 
     cfg = {"data": {"num_points": args.num_points, "format": args.data_format}, "model": {"name": args.model}}
@@ -267,6 +269,18 @@ def _run_point_eval(args, checkpoint: Path, output: Path, info, state_dict: dict
     loader = create_eval_loader(dataset, args.batch_size, info.rank, info.world_size, args.workers, False)
     results = {"model": args.model, "checkpoint": str(checkpoint), "ema": args.ema, "split": args.split,
                "data_format": args.data_format, "num_points": num_points}
+    if args.data_format == "shapenetpart_h5":
+        if args.votes > 1:
+            raise ValueError("--votes applies to classification; part segmentation is evaluated in a single pass")
+        results["single_pass"] = metrics = evaluate_parts(model, loader, info, amp=args.amp)
+        if info.is_main:
+            print(f"{args.model} on {metrics['images']} {args.split} shapes: instance mIoU "
+                  f"{metrics['instance_miou']:.3f}  class mIoU {metrics['class_miou']:.3f}  point accuracy "
+                  f"{metrics['top1']:.3f}  loss {metrics['loss']:.4f}", flush=True)
+            output.write_text(json.dumps(results, indent=2) + "\n")
+            print(f"wrote {output}")
+        shutdown(info)
+        return 0
     results["single_pass"] = evaluate(model, loader, info, amp=args.amp)
     if args.votes > 1:
         results["vote"] = {"votes": args.votes, **evaluate(model, loader, info, amp=args.amp,
@@ -283,6 +297,22 @@ def _run_point_eval(args, checkpoint: Path, output: Path, info, state_dict: dict
     return 0
 
 
+def _shape_ious(logits: torch.Tensor, categories: torch.Tensor, parts: torch.Tensor,
+                part_ranges: list[range]) -> torch.Tensor:
+    """Each shape's mean IoU over its category's parts (B,), the argmax restricted to those parts."""
+    ious = []
+    for shape_logits, category, labels in zip(logits, categories.tolist(), parts):
+        allowed = part_ranges[category]
+        predicted = shape_logits[:, allowed.start:allowed.stop].argmax(-1) + allowed.start
+        per_part = []
+        for part in allowed:
+            truth, guess = labels == part, predicted == part
+            union = (truth | guess).sum().item()
+            per_part.append(1.0 if union == 0 else (truth & guess).sum().item() / union)
+        ious.append(sum(per_part) / len(per_part))
+    return torch.tensor(ious, dtype=torch.float64)
+
+
 def part_segmentation_miou(
     logits: torch.Tensor, categories: torch.Tensor, parts: torch.Tensor, part_ranges: list[range]
 ) -> dict[str, float]:
@@ -291,18 +321,50 @@ def part_segmentation_miou(
     The argmax is restricted to the parts of each shape's category (PointNet++'s convention); a shape's IoU is the
     mean over its category's parts, a part absent from both prediction and label scoring 1. Instance mIoU averages
     shapes, class mIoU averages the categories' mean shape IoU (categories present only)."""
-    shape_ious, per_category = [], {}
-    for shape_logits, category, labels in zip(logits, categories.tolist(), parts):
-        allowed = part_ranges[category]
-        predicted = shape_logits[:, allowed.start:allowed.stop].argmax(-1) + allowed.start
-        ious = []
-        for part in allowed:
-            truth, guess = labels == part, predicted == part
-            union = (truth | guess).sum().item()
-            ious.append(1.0 if union == 0 else (truth & guess).sum().item() / union)
-        shape_iou = sum(ious) / len(ious)
-        shape_ious.append(shape_iou)
-        per_category.setdefault(category, []).append(shape_iou)
-    class_means = [sum(values) / len(values) for values in per_category.values()]
-    return {"instance_miou": 100.0 * sum(shape_ious) / len(shape_ious),
-            "class_miou": 100.0 * sum(class_means) / len(class_means)}
+    sums = torch.zeros(2, len(part_ranges), dtype=torch.float64)
+    sums[0].index_add_(0, categories.long().cpu(), _shape_ious(logits, categories, parts, part_ranges))
+    sums[1].index_add_(0, categories.long().cpu(), torch.ones(len(categories), dtype=torch.float64))
+    return _miou_from_sums(sums)
+
+
+def _miou_from_sums(sums: torch.Tensor) -> dict[str, float]:
+    """Instance and class mIoU (%) from per-category sums of shape IoUs (row 0) and shape counts (row 1)."""
+    seen = sums[1] > 0
+    return {"instance_miou": 100.0 * (sums[0].sum() / sums[1].sum()).item(),
+            "class_miou": 100.0 * (sums[0][seen] / sums[1][seen]).mean().item()}
+
+
+@torch.no_grad()
+def evaluate_parts(model: nn.Module, loader, info: DistInfo, amp: str = "auto") -> dict[str, float]:
+    """Part segmentation over every shape of ``loader`` (batches ``((points, categories), parts, unreadable)``),
+    summed across ranks: instance and class mIoU (%), per-point accuracy ``top1`` (%) and mean per-point
+    cross-entropy ``loss``."""
+    from visionzoo.data.points import shapenetpart_part_ranges
+
+    ranges = shapenetpart_part_ranges()
+    was_training = model.training
+    model.eval()
+    iou_sums = torch.zeros(2, len(ranges), dtype=torch.float64)
+    totals = torch.zeros(4, dtype=torch.float64, device=info.device)  # correct points, loss sum, points, shapes
+    start = time.perf_counter()
+    for (points, categories), parts, _ in loader:
+        points, categories = points.to(info.device), categories.to(info.device)
+        parts = parts.to(info.device)
+        with autocast_for(info.device, amp):
+            logits = model(points, categories)
+        logits = logits.float()
+        totals += torch.stack([
+            logits.argmax(-1).eq(parts).sum(),
+            nn.functional.cross_entropy(logits.flatten(0, 1), parts.flatten(), reduction="sum"),
+            torch.tensor(parts.numel(), device=info.device), torch.tensor(len(parts), device=info.device),
+        ]).double()
+        iou_sums[0].index_add_(0, categories.cpu(), _shape_ious(logits.cpu(), categories, parts.cpu(), ranges))
+        iou_sums[1].index_add_(0, categories.cpu(), torch.ones(len(categories), dtype=torch.float64))
+    all_reduce_sum(totals, info)
+    iou_sums = all_reduce_sum(iou_sums.to(info.device), info).cpu()
+    model.train(was_training)
+    correct, loss_sum, count, shapes = totals.tolist()
+    if shapes == 0:
+        raise ValueError("the evaluation set holds no shape")
+    return {**_miou_from_sums(iou_sums), "top1": 100.0 * correct / count, "loss": loss_sum / count,
+            "images": int(shapes), "img_per_s": shapes / (time.perf_counter() - start)}

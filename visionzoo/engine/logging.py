@@ -10,7 +10,7 @@ from visionzoo.engine.checkpoint import atomic_write_text
 
 SUMMARY_COLUMNS = (
     "epoch", "global_step", "lr", "train_loss",
-    "top1", "top5", "macc", "val_loss", "ema_top1", "ema_top5", "ema_val_loss",
+    "top1", "top5", "macc", "instance_miou", "class_miou", "val_loss", "ema_top1", "ema_top5", "ema_val_loss",
     "epoch_seconds", "train_img_per_s",
 )
 TIMING_COLUMNS = ("epoch_seconds", "train_img_per_s")

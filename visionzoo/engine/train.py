@@ -57,7 +57,7 @@ from visionzoo.engine.distributed import (
     init_distributed,
     shutdown,
 )
-from visionzoo.engine.evaluate import autocast_for, evaluate, resolve_eval_data_config
+from visionzoo.engine.evaluate import autocast_for, evaluate, evaluate_parts, resolve_eval_data_config
 from visionzoo.engine.logging import WandbRun, write_summary
 from visionzoo.models import CheckpointError, check_model_name, create_model, list_models
 from visionzoo.models._checkpoint import read_checkpoint
@@ -304,6 +304,15 @@ class Trainer:
         if not data_dir:
             raise ConfigError("data.dir is not set; pass --data-dir DIR (a folder with train/ and val/)")
         points = cfg["data"]["format"] != "folder"
+        self.segmentation = cfg["data"]["format"] == "shapenetpart_h5"
+        if self.segmentation and cfg["distill"]["teacher"]:
+            raise ConfigError("distillation targets image logits; part segmentation trains without distill.teacher")
+        if self.segmentation and (cfg["aug"]["mixup"] > 0 or cfg["aug"]["cutmix"] > 0):
+            raise ConfigError("mixup/cutmix mix one label per sample; part segmentation has one per point: set "
+                              "aug.mixup=0 aug.cutmix=0")
+        if cfg["train"]["best_metric"] == "instance_miou" and not self.segmentation:
+            raise ConfigError("train.best_metric=instance_miou scores part segmentation (data.format=shapenetpart_h5);"
+                              " use top1 here")
         if points:
             train_set, val_set = point_splits(cfg, point_count(cfg))
         else:
@@ -578,7 +587,9 @@ class Trainer:
         while self.step_in_epoch < self.updates_per_epoch:
             for micro in range(accum):
                 images, targets = next(batches)
-                images = images.to(info.device, non_blocking=True)
+                # Part segmentation batches carry (points, categories) as the model's two inputs.
+                inputs = [images] if isinstance(images, torch.Tensor) else list(images)
+                images, *extra = [tensor.to(info.device, non_blocking=True) for tensor in inputs]
                 targets = targets.to(info.device, non_blocking=True)
                 if self.mixup is not None:
                     images, targets = self.mixup(images, targets)
@@ -588,14 +599,16 @@ class Trainer:
                 sync = micro == accum - 1 or self.ddp is None
                 with (contextlib.nullcontext() if sync else self.ddp.no_sync()), conv_guard(info.device, self.amp):
                     with autocast_for(info.device, self.amp):
-                        outputs = self.train_model(images)
-                        if self.distill is None:
+                        outputs = self.train_model(images, *extra)
+                        if self.distill is None and self.segmentation:
+                            loss = self.train_loss_fn(outputs.flatten(0, 1), targets.flatten())
+                        elif self.distill is None:
                             loss = self.train_loss_fn(outputs, targets)
                         else:
                             loss = self.distill(outputs, images, targets)
                     self.scaler.scale(loss / accum).backward()
-                self.loss_sum += loss.detach().double() * len(images)
-                self.loss_count += len(images)
+                self.loss_sum += loss.detach().double() * len(targets)
+                self.loss_count += len(targets)
             if not math.isfinite(loss.item()):
                 self.check_finite("the training loss", loss.item())
             self.optimizer_step()
@@ -629,11 +642,21 @@ class Trainer:
             row = {"epoch": self.epoch + 1, **self.train_epoch(), "global_step": self.global_step}
             if (self.epoch + 1) % cfg["train"]["eval_every"] == 0 or self.epoch + 1 == epochs:
                 amp, channels_last = self.amp, cfg["runtime"]["channels_last"]
-                metrics = evaluate(self.model, self.val_loader, info, amp, channels_last)
-                row.update(top1=metrics["top1"], top5=metrics["top5"], macc=metrics["macc"], val_loss=metrics["loss"])
+                if self.segmentation:
+                    metrics = evaluate_parts(self.model, self.val_loader, info, amp)
+                    row.update(top1=metrics["top1"], instance_miou=metrics["instance_miou"],
+                               class_miou=metrics["class_miou"], val_loss=metrics["loss"])
+                else:
+                    metrics = evaluate(self.model, self.val_loader, info, amp, channels_last)
+                    row.update(top1=metrics["top1"], top5=metrics["top5"], macc=metrics["macc"],
+                               val_loss=metrics["loss"])
                 if self.ema is not None and cfg["ema"]["eval"]:
-                    ema = evaluate(self.ema.module, self.val_loader, info, amp, channels_last)
-                    row.update(ema_top1=ema["top1"], ema_top5=ema["top5"], ema_val_loss=ema["loss"])
+                    if self.segmentation:
+                        ema = evaluate_parts(self.ema.module, self.val_loader, info, amp)
+                        row.update(ema_top1=ema["top1"], ema_val_loss=ema["loss"])
+                    else:
+                        ema = evaluate(self.ema.module, self.val_loader, info, amp, channels_last)
+                        row.update(ema_top1=ema["top1"], ema_top5=ema["top5"], ema_val_loss=ema["loss"])
             for name in ("train_loss", "val_loss", "ema_val_loss"):
                 if name in row:
                     self.check_finite(name, row[name])
@@ -663,7 +686,7 @@ class Trainer:
 
 def format_row(row: dict, best: dict, key: str) -> str:
     parts = [f"epoch {row['epoch']}", f"train_loss {row['train_loss']:.4f}", f"lr {row['lr']:.3e}"]
-    for name in ("top1", "top5", "macc", "val_loss", "ema_top1", "ema_top5"):
+    for name in ("top1", "top5", "macc", "instance_miou", "class_miou", "val_loss", "ema_top1", "ema_top5"):
         if name in row:
             parts.append(f"{name} {row[name]:.3f}")
     parts.append(f"{row['train_img_per_s']:.1f} img/s")
