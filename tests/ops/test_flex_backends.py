@@ -12,8 +12,8 @@ FLEX_OPS = [name for name in list_ops() if "flex" in get_op(name).backends]
 CPU_FLEX_OPS = [name for name in FLEX_OPS if "cpu" in (get_op(name).backends["flex"].devices or {"cpu"})]
 
 
-def test_the_four_masked_or_biased_ops_have_a_flex_backend():
-    assert {"window_attention", "halo_attention", "aggregated_attention", "hilo_attention"} <= set(FLEX_OPS)
+def test_the_masked_biased_or_strip_ops_have_a_flex_backend():
+    assert {"window_attention", "halo_attention", "aggregated_attention", "hilo_attention", "strip_attention"} <= set(FLEX_OPS)
 
 
 @pytest.mark.parametrize("op_name", CPU_FLEX_OPS)
