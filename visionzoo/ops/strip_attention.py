@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from visionzoo.ops._dispatch import Op, Sample, seeded_randn
+from visionzoo.ops._flex import FLEX_DEVICES, flex_attention, flex_is_fused
 
 
 def _head_dim_and_scale(x, num_heads, q_weight, k_weight, v_weight, reduction, reduction_weight, scale):
@@ -86,6 +87,29 @@ def _reduce_by_conv(x, reduction, reduction_weight, reduction_bias, norm) -> tor
     reduced = F.conv2d(_pad_to_multiple(x, reduction), reduction_weight, reduction_bias, stride=reduction,
                        groups=x.shape[1])
     return _normalise(reduced, *norm)
+
+
+def _token_major_qkv(x, num_heads, q_weight, q_bias, k_weight, k_bias, v_weight, v_bias, reduction=1,
+                     reduction_weight=None, reduction_bias=None, norm_weight=None, norm_bias=None, norm_mean=None,
+                     norm_var=None, norm_eps=1e-5, norm_momentum=0.1, norm_training=False, scale=None):
+    """The fused kernels' inputs from an op call: the reduction as one strided depthwise conv, then the projections
+    as token-major linears giving q (B, h, N, d/h), k (B, h, N_r, d/h), v (B, h, N_r, C_v/h); and the logit scale."""
+    head_dim, scale = _head_dim_and_scale(x, num_heads, q_weight, k_weight, v_weight, reduction, reduction_weight, scale)
+    batch = x.shape[0]
+    norm = (norm_weight, norm_bias, norm_mean, norm_var, norm_eps, norm_momentum, norm_training)
+    reduced = _reduce_by_conv(x, reduction, reduction_weight, reduction_bias, norm)
+    tokens, kv_tokens = x.flatten(2).transpose(1, 2), reduced.flatten(2).transpose(1, 2)  # (B, N, C)
+    q = F.linear(tokens, q_weight, q_bias).reshape(batch, -1, num_heads, head_dim).transpose(1, 2)
+    k = F.linear(kv_tokens, k_weight, k_bias).reshape(batch, -1, num_heads, head_dim).transpose(1, 2)
+    v = F.linear(kv_tokens, v_weight, v_bias).reshape(batch, kv_tokens.shape[1], num_heads, -1).transpose(1, 2)
+    return q, k, v, scale
+
+
+def _heads_to_map(out: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """Per-head outputs (B, h, N, C_v/h) as a contiguous (B, C_v, H, W) map, heads concatenated."""
+    batch, _, height, width = shape
+    out = out.permute(0, 1, 3, 2).clone(memory_format=torch.contiguous_format)
+    return out.reshape(batch, -1, height, width)
 
 
 def strip_attention_reference(
@@ -173,43 +197,12 @@ def _fused_kernels_pay_off(x, *args, **kwargs) -> bool:
 
 
 @strip_attention.register("sdpa", priority=10, portable=True, supports=_fused_kernels_pay_off)
-def _strip_attention_sdpa(
-    x: torch.Tensor,
-    num_heads: int,
-    q_weight: torch.Tensor,
-    q_bias: torch.Tensor | None,
-    k_weight: torch.Tensor,
-    k_bias: torch.Tensor | None,
-    v_weight: torch.Tensor,
-    v_bias: torch.Tensor | None,
-    reduction: int = 1,
-    reduction_weight: torch.Tensor | None = None,
-    reduction_bias: torch.Tensor | None = None,
-    norm_weight: torch.Tensor | None = None,
-    norm_bias: torch.Tensor | None = None,
-    norm_mean: torch.Tensor | None = None,
-    norm_var: torch.Tensor | None = None,
-    norm_eps: float = 1e-5,
-    norm_momentum: float = 0.1,
-    norm_training: bool = False,
-    scale: float | None = None,
-) -> torch.Tensor:
+def _strip_attention_sdpa(x: torch.Tensor, num_heads: int, *weights, **options) -> torch.Tensor:
     """The reduction as one strided depthwise conv, the projections as token-major linears, one SDPA call."""
-    head_dim, scale = _head_dim_and_scale(x, num_heads, q_weight, k_weight, v_weight, reduction, reduction_weight, scale)
-    batch, _, height, width = x.shape
-    reduced = _reduce_by_conv(
-        x, reduction, reduction_weight, reduction_bias,
-        (norm_weight, norm_bias, norm_mean, norm_var, norm_eps, norm_momentum, norm_training),
-    )
-    tokens, kv_tokens = x.flatten(2).transpose(1, 2), reduced.flatten(2).transpose(1, 2)  # (B, N, C)
-    q = F.linear(tokens, q_weight, q_bias).reshape(batch, -1, num_heads, head_dim).transpose(1, 2)
-    k = F.linear(kv_tokens, k_weight, k_bias).reshape(batch, -1, num_heads, head_dim).transpose(1, 2)
-    v = F.linear(kv_tokens, v_weight, v_bias).reshape(batch, kv_tokens.shape[1], num_heads, -1).transpose(1, 2)
-    out = F.scaled_dot_product_attention(q, k, v, scale=scale)  # (B, h, N, C_v/h)
+    q, k, v, scale = _token_major_qkv(x, num_heads, *weights, **options)
     # An explicit copy, not a reshape that may view: fused SDPA kernels return permuted strides that
     # torch.export would bake into a view that is invalid after ExecuTorch decomposes SDPA.
-    out = out.permute(0, 1, 3, 2).clone(memory_format=torch.contiguous_format)
-    return out.reshape(batch, -1, height, width)
+    return _heads_to_map(F.scaled_dot_product_attention(q, k, v, scale=scale), x.shape)
 
 
 @strip_attention.register("conv_bmm", priority=5, portable=True)
@@ -247,3 +240,23 @@ def _strip_attention_conv_bmm(
     v = F.conv2d(reduced, v_weight[:, :, None, None], v_bias).reshape(batch, num_heads, -1, k.shape[-1])
     attention = (q.transpose(-2, -1) @ (k * scale)).softmax(dim=-1)  # (B, h, N, N_r)
     return (v @ attention.transpose(-2, -1)).reshape(batch, -1, height, width)
+
+
+def _flex_supports(x, *args, **kwargs) -> bool:
+    return flex_is_fused(x, *(value for value in (*args, *kwargs.values()) if isinstance(value, torch.Tensor)))
+
+
+@strip_attention.register("flex", priority=4, devices=FLEX_DEVICES, portable=False, differentiable=False,
+                          supports=_flex_supports)
+def _strip_attention_flex(x: torch.Tensor, num_heads: int, *weights, **options) -> torch.Tensor:
+    """The SDPA backend's inputs through one FlexAttention call: every query sees every reduced key, so there is no
+    mask to build, and flex takes the value width C_v/h apart from the query/key width d/h."""
+    q, k, v, scale = _token_major_qkv(x, num_heads, *weights, **options)
+    if k.shape[2] == 1:
+        # One key (a map no larger than the reduction): every query's softmax is 1. Flex is not called, since the
+        # CPU template fails to lower a one-token key of a single head (torch 2.14).
+        return _heads_to_map(v.expand(-1, -1, q.shape[2], -1), x.shape)
+    # Copies into 4-d buffers of their own: inductor's CPU flex template reads the sizes of the buffer under a view,
+    # and fails on views of the 3-d projection outputs (torch 2.14).
+    q, k, v = (tensor.clone(memory_format=torch.contiguous_format) for tensor in (q, k, v))
+    return _heads_to_map(flex_attention(q, k, v, scale=scale), x.shape)
