@@ -348,7 +348,7 @@ class _Tiling:
         # (B, heads, H, W, d) → (tiles · heads, B, size_h · size_w, d), heads before batch to meet a per-head mask.
         batch, heads, height, width, dim = x.shape
         x = x.transpose(0, 1).reshape(heads * batch, height, width, dim)
-        x = x[:, torch.tensor(row_index, device=self.device)][:, :, torch.tensor(col_index, device=self.device)]
+        x = self._take(self._take(x, 1, row_index), 2, col_index)
         x = x.reshape(heads * batch, self.tiles_h, size_h, self.tiles_w, size_w * dim).permute(1, 3, 0, 2, 4)
         return x.reshape(self.count * heads, batch, size_h * size_w, dim)
 
@@ -366,9 +366,13 @@ class _Tiling:
         out = out.reshape(self.tiles_h, self.tiles_w, heads * batch, self.tile_h, self.tile_w * dim)
         out = out.permute(2, 0, 3, 1, 4).reshape(heads, batch, self.tiles_h * self.tile_h,
                                                  self.tiles_w * self.tile_w, dim)
-        rows = torch.tensor(self.row_outputs, device=self.device)
-        cols = torch.tensor(self.col_outputs, device=self.device)
-        return out[:, :, rows][:, :, :, cols].transpose(0, 1)
+        return self._take(self._take(out, 2, self.row_outputs), 3, self.col_outputs).transpose(0, 1)
+
+    def _take(self, x: torch.Tensor, dim: int, positions: list[int]) -> torch.Tensor:
+        # Tiles that cut an axis evenly, undilated, take its positions in order: no gather (nor copy) needed.
+        if positions == list(range(x.shape[dim])):
+            return x
+        return x.index_select(dim, torch.tensor(positions, device=self.device))
 
     def neighbor_slots(self, heads: int, batch: int) -> torch.Tensor:
         """(tiles · heads, B, t_h · t_w, k²): each tile query's neighbours among its tile's keys."""
