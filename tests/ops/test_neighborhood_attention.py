@@ -38,9 +38,9 @@ def _loop_attention(q, k, v, kernel, dilation, rpb, scale):
 
 
 @st.composite
-def neighborhoods(draw):
+def neighborhoods(draw, dilations=(1, 2, 3, 4, 8)):
     kernel = draw(st.sampled_from([1, 3, 5, 7]))
-    dilation = draw(st.sampled_from([1, 2, 3, 4, 8]))
+    dilation = draw(st.sampled_from(dilations))
     height = kernel * dilation + draw(st.integers(0, 4))
     width = kernel * dilation + draw(st.integers(0, 4))
     batch, heads, dim = draw(st.integers(1, 2)), draw(st.integers(1, 3)), draw(st.integers(1, 6))
@@ -78,8 +78,9 @@ def _loop_qk(q, k, kernel, dilation, rpb):
     return logits
 
 
+# Dilations up to 3 keep the per-query loop short; 4 and 8 meet the tiled halves in the gradient test below.
 @settings(max_examples=8, deadline=None)
-@given(neighborhoods())
+@given(neighborhoods(dilations=(1, 2, 3)))
 def test_qk_and_av_backends_follow_nattens_rule(case):
     batch, heads, height, width, dim, kernel, dilation, bias = case
     q, k, v, rpb = _inputs(batch, heads, height, width, dim, kernel, bias)
@@ -96,7 +97,7 @@ def test_qk_and_av_backends_follow_nattens_rule(case):
 
 # OverLoCK's Focus-Net calls at 224 (5×5 and 13×13 on 14×14, 5×5 and 7×7 on 7×7), an odd map, DiNAT's dilations.
 @pytest.mark.parametrize("kernel, dilation, size", [(13, 1, (14, 14)), (5, 1, (7, 7)), (7, 1, (8, 9)), (3, 2, (7, 11)),
-                                                    (7, 2, (14, 15)), (3, 8, (25, 24))])
+                                                    (7, 2, (14, 15)), (5, 4, (20, 23)), (3, 8, (25, 24))])
 def test_tiled_halves_gradients_match_reference_including_the_bias_table(kernel, dilation, size):
     grads = []
     for backend in (REFERENCE, "tiled_bmm"):
