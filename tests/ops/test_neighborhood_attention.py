@@ -38,9 +38,9 @@ def _loop_attention(q, k, v, kernel, dilation, rpb, scale):
 
 
 @st.composite
-def neighborhoods(draw):
+def neighborhoods(draw, dilations=(1, 2, 3, 4, 8)):
     kernel = draw(st.sampled_from([1, 3, 5, 7]))
-    dilation = draw(st.sampled_from([1, 2, 3, 4, 8]))
+    dilation = draw(st.sampled_from(dilations))
     height = kernel * dilation + draw(st.integers(0, 4))
     width = kernel * dilation + draw(st.integers(0, 4))
     batch, heads, dim = draw(st.integers(1, 2)), draw(st.integers(1, 3)), draw(st.integers(1, 6))
@@ -62,6 +62,66 @@ def test_reference_and_tiled_path_follow_nattens_rule(case):
     for backend in (REFERENCE, "tiled_sdpa"):
         actual = neighborhood_attention(q, k, v, kernel, dilation, rpb, scale=0.6, backend=backend)
         torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5, msg=lambda m: f"{backend}: {m}")
+
+
+def _loop_qk(q, k, kernel, dilation, rpb):
+    batch, heads, height, width, _ = q.shape
+    logits = torch.zeros(batch, heads, height, width, kernel * kernel, dtype=q.dtype)
+    for i in range(height):
+        key_rows, bias_rows = _natten_window(i, height, kernel, dilation)
+        for j in range(width):
+            key_cols, bias_cols = _natten_window(j, width, kernel, dilation)
+            keys = k[:, :, key_rows][:, :, :, key_cols].flatten(2, 3)
+            logits[:, :, i, j] = torch.einsum("bhd,bhnd->bhn", q[:, :, i, j], keys)
+            if rpb is not None:
+                logits[:, :, i, j] += rpb[:, bias_rows][:, :, bias_cols].flatten(1)
+    return logits
+
+
+# Dilations up to 3 keep the per-query loop short; 4 and 8 meet the tiled halves in the gradient test below.
+@settings(max_examples=8, deadline=None)
+@given(neighborhoods(dilations=(1, 2, 3)))
+def test_qk_and_av_backends_follow_nattens_rule(case):
+    batch, heads, height, width, dim, kernel, dilation, bias = case
+    q, k, v, rpb = _inputs(batch, heads, height, width, dim, kernel, bias)
+    expected_logits = _loop_qk(q, k, kernel, dilation, rpb)
+    for backend in (REFERENCE, "tiled_bmm"):
+        logits = neighborhood_qk(q, k, kernel, dilation, rpb, backend=backend)
+        torch.testing.assert_close(logits, expected_logits, rtol=1e-5, atol=1e-5, msg=lambda m: f"qk {backend}: {m}")
+    # The reference av is held to the loop through the whole op above; arbitrary weights (not a softmax) here.
+    weights = torch.randn_like(expected_logits)
+    expected = neighborhood_av(weights, v, kernel, dilation, backend=REFERENCE)
+    actual = neighborhood_av(weights, v, kernel, dilation, backend="tiled_bmm")
+    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)
+
+
+# OverLoCK's Focus-Net calls at 224 (5×5 and 13×13 on 14×14, 5×5 and 7×7 on 7×7), an odd map, DiNAT's dilations.
+@pytest.mark.parametrize("kernel, dilation, size", [(13, 1, (14, 14)), (5, 1, (7, 7)), (7, 1, (8, 9)), (3, 2, (7, 11)),
+                                                    (7, 2, (14, 15)), (5, 4, (20, 23)), (3, 8, (25, 24))])
+def test_tiled_halves_gradients_match_reference_including_the_bias_table(kernel, dilation, size):
+    grads = []
+    for backend in (REFERENCE, "tiled_bmm"):
+        torch.manual_seed(0)
+        inputs = [t.requires_grad_() for t in _inputs(1, 2, *size, 3, kernel, bias=True, dtype=torch.float64)]
+        logits = neighborhood_qk(inputs[0], inputs[1], kernel, dilation, inputs[3], backend=backend)
+        out = neighborhood_av(logits.softmax(-1), inputs[2], kernel, dilation, backend=backend)
+        weights = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).reshape(out.shape)
+        grads.append(torch.autograd.grad((out * weights).sum(), inputs))
+    for name, reference, tiled in zip(("q", "k", "v", "rpb"), *grads):
+        torch.testing.assert_close(tiled, reference, rtol=1e-7, atol=1e-7, msg=lambda m: f"grad {name}: {m}")
+    assert grads[0][3].abs().sum() > 0
+
+
+def test_tables_cached_in_inference_mode_still_serve_autograd():
+    q, k, v, rpb = _inputs(1, 2, 11, 10, 3, 5, bias=True)
+    with torch.inference_mode():  # the first call of a shape fills the table caches
+        neighborhood_av(neighborhood_qk(q, k, 5, 2, rpb), v, 5, 2)
+        neighborhood_attention(q, k, v, 5, 2, rpb)
+    rpb.requires_grad_()
+    out = neighborhood_av(neighborhood_qk(q, k, 5, 2, rpb).softmax(-1), v, 5, 2).sum()
+    out = out + neighborhood_attention(q, k, v, 5, 2, rpb).sum()
+    (grad,) = torch.autograd.grad(out, [rpb])
+    assert grad.abs().sum() > 0
 
 
 def test_bias_row_is_key_minus_query_not_offset_from_window_centre():

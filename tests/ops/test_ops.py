@@ -208,7 +208,7 @@ def test_shipped_fast_backends_keep_todays_cpu_choices():
         "strip_attention": ["conv_bmm"],
         "spectral_gating": ["fft"],
         "sparse_topk_attention": ["sdpa"],
-        "neighborhood_attention": ["tiled_sdpa"], "neighborhood_av": ["reference"], "neighborhood_qk": ["reference"],
+        "neighborhood_attention": ["tiled_sdpa"], "neighborhood_av": ["tiled_bmm"], "neighborhood_qk": ["tiled_bmm"],
     }
 
 
