@@ -17,7 +17,7 @@ import visionzoo
 from _zoo import input_sizes, smallest_per_family
 from visionzoo.export import ExportError, add_export_parser, export_model
 from visionzoo.export._files import atomic_output
-from visionzoo.export.core import build_model, failing_op
+from visionzoo.export.core import _input_size, build_model, failing_op
 from visionzoo.export.inputs import max_relative_error, photo_batch, random_input
 from visionzoo.export.matrix import (
     README_END, README_START, markdown_table, merge_results, run_matrix, select_models, update_readme,
@@ -375,3 +375,11 @@ def test_matrix_merge_replaces_rerun_rows_and_keeps_the_rest():
     assert [(r["model"], r["format"], r["status"]) for r in merged["results"]] == [
         ("vz_a", "onnx", "ok"), ("vz_a", "executorch", "ok"), ("vz_b", "onnx", "ok")]
     assert merged["created"] == "now"
+
+
+def test_a_size_given_to_a_point_model_sets_its_point_count_and_keeps_its_point_dims():
+    model = timm.create_model("vz_gpsformer_elite_cls", pretrained=False)
+    assert _input_size(model, None) == (1024, 3)
+    assert _input_size(model, 256) == (256, 3)
+    image_model = timm.create_model("vz_shvit_s1", pretrained=False)
+    assert _input_size(image_model, 256) == (256, 256)

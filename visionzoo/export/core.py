@@ -68,9 +68,13 @@ def build_model(name: str | None, checkpoint: str | Path | None = None, deploy: 
 def _input_size(model: nn.Module, img_size: int | tuple[int, int] | None, trained_size: int | None = None
                 ) -> tuple[int, int]:
     img_size = img_size if img_size is not None else trained_size
+    input_size = tuple(model.pretrained_cfg["input_size"])
+    if family_of(model).input_kind == "points":
+        # (points, point dims): a size sets the point count, the dims are the model's.
+        return input_size if img_size is None else (img_size if isinstance(img_size, int) else img_size[0],
+                                                    input_size[1])
     if img_size is None:
-        input_size = tuple(model.pretrained_cfg["input_size"])
-        return input_size if family_of(model).input_kind == "points" else input_size[1:]
+        return input_size[1:]
     if isinstance(img_size, int):
         return img_size, img_size
     return tuple(img_size)
