@@ -167,7 +167,7 @@ K rank_among_few(K* keys, int64_t n, int64_t rank) {
 // half the key's bits of sweeps). Once the bracket holds under half of the keys swept, those are moved into
 // scratch (n + 16 entries) and the later sweeps cover them only; the few left at the end are ranked directly.
 template <typename scalar_t, typename K = key_t<scalar_t>>
-K kth_largest(const K* keys, int64_t n, int64_t kept, K low, K high, K* scratch) {
+K kth_largest(const K* keys, int64_t n, int64_t kept, K low, K high, K* scratch, K hint = 0) {
   constexpr int64_t few = 16;
   const K* swept = keys;
   int64_t size = n;
@@ -184,7 +184,16 @@ K kth_largest(const K* keys, int64_t n, int64_t kept, K low, K high, K* scratch)
     const K span = high - low;
     K pivots[3] = {static_cast<K>(low + span / 4 + 1), static_cast<K>(low + span / 2 + 1),
                    static_cast<K>(high - span / 4)};
-    if (interpolate) {
+    if (hint > low && hint <= high) {
+      // The first sweep brackets a guess (the previous row's answer: rows of one head share the basis, so their
+      // scores' quantiles lie close), 2% of its value either side.
+      const double guess = key_value<scalar_t>(hint);
+      pivots[0] = order_key(static_cast<scalar_t>(guess * 0.98));
+      pivots[1] = hint;
+      pivots[2] = order_key(static_cast<scalar_t>(guess * 1.02));
+      if (pivots[0] > pivots[2]) std::swap(pivots[0], pivots[2]);
+      hint = 0;
+    } else if (interpolate) {
       const double inside = static_cast<double>(at_least_low - above_high);
       const double rank = static_cast<double>(kept - above_high);  // from the top of the bracket
       const double margin = std::max(1.0, inside / 8.0);
@@ -306,7 +315,7 @@ std::pair<key_t<scalar_t>, key_t<scalar_t>> approximate_row_keys(const scalar_t*
 template <typename scalar_t>
 void top_coefficients_by_rank(const scalar_t* row, int64_t n, int64_t count, int64_t* rows, scalar_t* weights,
                               key_t<scalar_t>* keys, int32_t* above_buffer, int32_t* tie_buffer, int64_t* picked,
-                              key_t<scalar_t>* scratch) {
+                              key_t<scalar_t>* scratch, key_t<scalar_t>& hint) {
   using K = key_t<scalar_t>;
   K smallest = std::numeric_limits<K>::max(), largest = 0;
   for (int64_t i = 0; i < n; ++i) {
@@ -314,7 +323,8 @@ void top_coefficients_by_rank(const scalar_t* row, int64_t n, int64_t count, int
     smallest = std::min(smallest, keys[i]);
     largest = std::max(largest, keys[i]);
   }
-  const K threshold = kth_largest<scalar_t>(keys, n, count, smallest, largest, scratch);
+  const K threshold = kth_largest<scalar_t>(keys, n, count, smallest, largest, scratch, hint);
+  hint = threshold;
   write_kept(keys, n, count, threshold, above_buffer, tie_buffer, picked);
   // Picks come in ascending index within equal keys, so a pick's rank is the picks with a larger key plus the
   // earlier picks with the same key.
@@ -349,14 +359,16 @@ void predicted_top_keys_kernel(const at::Tensor& coefficients, const at::Tensor&
     std::vector<int64_t> chosen(coef_topk), picked(coef_topk);
     std::vector<K> coefficient_keys(reduced + 16);
     std::vector<int32_t> coefficient_above(reduced + 16), coefficient_ties(reduced + 16);
+    K hint = 0, coefficient_hint = 0;
     for (int64_t r = begin; r < end; ++r) {
       const int64_t b = r / (heads * queries), h = (r / queries) % heads, q = r % queries;
       const scalar_t* row = coefficient_data + b * stride_b + h * stride_h + q * stride_q;
       top_coefficients_by_rank(row, reduced, coef_topk, chosen.data(), weights.data(), coefficient_keys.data(),
-                               coefficient_above.data(), coefficient_ties.data(), picked.data(), scratch.data());
+                               coefficient_above.data(), coefficient_ties.data(), picked.data(), scratch.data(), coefficient_hint);
       const auto [smallest, largest] = approximate_row_keys(basis_data, num_keys, chosen.data(), weights.data(),
                                                             coef_topk, scores.data(), keys.data());
-      const K threshold = kth_largest<scalar_t>(keys.data(), num_keys, kept, smallest, largest, scratch.data());
+      const K threshold = kth_largest<scalar_t>(keys.data(), num_keys, kept, smallest, largest, scratch.data(), hint);
+      hint = threshold;
       write_kept(keys.data(), num_keys, kept, threshold, above_buffer.data(), tie_buffer.data(),
                  out_data + r * kept);
     }
@@ -406,6 +418,12 @@ inline __m512 sum_lanes_16(__m512* v) {
   return _mm512_add_ps(_mm512_shuffle_f32x4(w[0], w[1], 0x88), _mm512_shuffle_f32x4(w[0], w[1], 0xDD));
 }
 
+// Rows are looked up in the order of the query's key index, which no hardware prefetcher predicts.
+template <int VEC>
+inline void prefetch_row(const float* row) {
+  for (int v = 0; v < VEC; ++v) _mm_prefetch(reinterpret_cast<const char*>(row + 16 * v), _MM_HINT_T0);
+}
+
 // One query row, head width 16·VEC: logits against the kept keys, softmax, weighted sum of their value rows.
 template <int VEC>
 void attend_row_avx512(const float* query, const float* keys, const float* values, int64_t key_stride,
@@ -419,6 +437,7 @@ void attend_row_avx512(const float* query, const float* keys, const float* value
     __m512 partial[16];
     for (int64_t t = 0; t < 16; ++t) {
       if (t < block) {
+        if (index && t0 + t + 16 < kept) prefetch_row<VEC>(keys + index[t0 + t + 16] * key_stride);
         const float* key = keys + (index ? index[t0 + t] : t0 + t) * key_stride;
         __m512 sum = _mm512_mul_ps(q[0], _mm512_loadu_ps(key));
         for (int v = 1; v < VEC; ++v) sum = _mm512_fmadd_ps(q[v], _mm512_loadu_ps(key + 16 * v), sum);
@@ -443,7 +462,11 @@ void attend_row_avx512(const float* query, const float* keys, const float* value
   }
   __m512 acc[VEC];
   for (int v = 0; v < VEC; ++v) acc[v] = _mm512_setzero_ps();
+  if (index) {
+    for (int64_t t = 0; t < std::min<int64_t>(8, kept); ++t) prefetch_row<VEC>(values + index[t] * value_stride);
+  }
   for (int64_t t = 0; t < kept; ++t) {
+    if (index && t + 8 < kept) prefetch_row<VEC>(values + index[t + 8] * value_stride);
     const float* value = values + (index ? index[t] : t) * value_stride;
     const __m512 weight = _mm512_set1_ps(logits[t]);
     for (int v = 0; v < VEC; ++v) acc[v] = _mm512_fmadd_ps(weight, _mm512_loadu_ps(value + 16 * v), acc[v]);
