@@ -277,11 +277,11 @@ def _check_predictor_arguments(coefficients, basis, coef_topk, keep_rate) -> Non
 
 def predicted_top_keys_reference(coefficients: torch.Tensor, basis: torch.Tensor, coef_topk: int,
                                  keep_rate: float) -> torch.Tensor:
-    """Sparsifiner's kept keys (B, H, Nq, K), K = ⌈keep_rate · Nk⌉, int64, in no particular order: the K largest
-    entries of each row of Â (:func:`approximate_attention`), tied scores by lower key index."""
+    """Sparsifiner's kept keys (B, H, Nq, K), K = ⌈keep_rate · Nk⌉, int64, ascending: the K largest entries of each
+    row of Â (:func:`approximate_attention`), tied zero scores by lower key index."""
     _check_predictor_arguments(coefficients, basis, coef_topk, keep_rate)
     approx = approximate_attention(coefficients, basis, coef_topk)
-    return largest_scores_index(approx, _kept_count(keep_rate, basis.shape[1]))
+    return largest_scores_index(approx, _kept_count(keep_rate, basis.shape[1])).sort(dim=-1).values
 
 
 predicted_top_keys = Op("predicted_top_keys", predicted_top_keys_reference)

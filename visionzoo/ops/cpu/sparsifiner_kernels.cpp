@@ -228,7 +228,7 @@ K kth_largest(const K* keys, int64_t n, int64_t kept, K low, K high, K* scratch,
   return rank_among_few(scratch, size, kept - above_high);
 }
 
-// Writes the K kept key indices: every key above the threshold, then the ones equal to it by ascending index.
+// Writes the K kept key indices in ascending order: every key above the threshold and the first ones equal to it.
 template <typename K>
 void write_kept(const K* keys, int64_t n, int64_t kept, K threshold, int32_t* above_buffer, int32_t* tie_buffer,
                 int64_t* out) {
@@ -258,8 +258,15 @@ void write_kept(const K* keys, int64_t n, int64_t kept, K threshold, int32_t* ab
       ties += keys[j] == threshold;
     }
   }
-  for (int64_t i = 0; i < above; ++i) out[i] = above_buffer[i];
-  for (int64_t i = above; i < kept; ++i) out[i] = tie_buffer[i - above];
+  // Both lists ascend: merged, the kept keys come out in ascending order (the reference's, and the attention's
+  // lookups then move forward through memory). The ties taken are few unless many scores are equal.
+  int64_t taken = 0, written = 0;
+  for (int64_t t = 0; t < kept - above; ++t) {
+    const int32_t tie = tie_buffer[t];
+    while (taken < above && above_buffer[taken] < tie) out[written++] = above_buffer[taken++];
+    out[written++] = tie;
+  }
+  for (; taken < above; ++taken) out[written++] = above_buffer[taken];
 }
 
 // Â's row from the chosen coefficients, as order keys: Σ_t weight_t · basis[row_t], t in the given order. Returns
@@ -311,7 +318,7 @@ std::pair<key_t<scalar_t>, key_t<scalar_t>> approximate_row_keys(const scalar_t*
 }
 
 // The count largest of n coefficients, largest first, ties by lower index: the selection below picks them, then
-// each pick's rank orders them (no mispredicted insertions). keys and the buffers hold n + 16 entries.
+// each pick's rank orders them (no mispredicted insertions). keys, the buffers and scratch hold n + 16 entries.
 template <typename scalar_t>
 void top_coefficients_by_rank(const scalar_t* row, int64_t n, int64_t count, int64_t* rows, scalar_t* weights,
                               key_t<scalar_t>* keys, int32_t* above_buffer, int32_t* tie_buffer, int64_t* picked,
@@ -354,7 +361,7 @@ void predicted_top_keys_kernel(const at::Tensor& coefficients, const at::Tensor&
   const int64_t rows = coefficients.size(0) * heads * queries;
   at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
     std::vector<scalar_t> scores(num_keys), weights(coef_topk);
-    std::vector<K> keys(num_keys + 16), scratch(num_keys + 16);
+    std::vector<K> keys(num_keys + 16), scratch(std::max(num_keys, reduced) + 16);  // both selections use it
     std::vector<int32_t> above_buffer(num_keys + 16), tie_buffer(num_keys + 16);
     std::vector<int64_t> chosen(coef_topk), picked(coef_topk);
     std::vector<K> coefficient_keys(reduced + 16);
