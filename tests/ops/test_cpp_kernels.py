@@ -170,3 +170,20 @@ def test_without_a_compiler_the_ops_fall_back_to_the_reference_with_one_warning(
             _cpp.cpu_kernels()
     finally:
         _cpp._load.cache_clear()
+
+
+class _SelectAndAttend(torch.nn.Module):
+    def forward(self, coefficients, basis, q, k, v):
+        index = predicted_top_keys(coefficients, basis, 2, 0.25)
+        return sparse_topk_attention(q, k, v, index, dense_queries=1)
+
+
+def test_an_export_traces_the_portable_paths_not_the_kernels():
+    coefficients, basis = _predictor_inputs((1, 2, 69), 5, 70, "zeros", torch.float32, False, 0)
+    q, k, v = (torch.randn(1, 2, 70, 16) for _ in range(3))
+    with torch.no_grad():
+        program = torch.export.export(_SelectAndAttend(), (coefficients, basis, q, k, v))
+        eager = _SelectAndAttend()(coefficients, basis, q, k, v)
+    called = {str(node.target) for node in program.graph.nodes if node.op == "call_function"}
+    assert not [target for target in called if "visionzoo" in target], called
+    torch.testing.assert_close(program.module()(coefficients, basis, q, k, v), eager, rtol=1e-5, atol=1e-5)

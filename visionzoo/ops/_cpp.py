@@ -8,12 +8,18 @@ backends that need the kernels stand aside for the plain-PyTorch ones.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
+import shutil
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
 import torch
+
+from visionzoo.ops._dispatch import package_importable
 
 SOURCES = [Path(__file__).parent / "cpu" / "sparsifiner_kernels.cpp"]
 EXTENSION_NAME = "visionzoo_cpu_kernels"
@@ -26,11 +32,28 @@ class CppKernelsUnavailable(RuntimeError):
     """The C++ kernels could not be built on this machine (the message says why)."""
 
 
+@contextlib.contextmanager
+def _ninja_on_path() -> Iterator[None]:
+    """torch runs ``ninja`` from PATH; the pip package's copy is not there unless its environment is activated."""
+    if shutil.which("ninja") is not None or not package_importable("ninja"):
+        yield
+        return
+    import ninja
+
+    path = os.environ.get("PATH", "")
+    os.environ["PATH"] = ninja.BIN_DIR + (os.pathsep + path if path else "")
+    try:
+        yield
+    finally:
+        os.environ["PATH"] = path
+
+
 def _build() -> ModuleType:
     from torch.utils import cpp_extension
 
-    return cpp_extension.load(name=EXTENSION_NAME, sources=[str(path) for path in SOURCES], extra_cflags=CFLAGS,
-                              verbose=False)
+    with _ninja_on_path():
+        return cpp_extension.load(name=EXTENSION_NAME, sources=[str(path) for path in SOURCES], extra_cflags=CFLAGS,
+                                  verbose=False)
 
 
 @functools.lru_cache(maxsize=None)

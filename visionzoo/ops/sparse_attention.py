@@ -190,8 +190,10 @@ _kept_key_attention.register_autograd(_kept_key_attention_backward, setup_contex
 
 def _worth_kept_keys(q, k, v, key_index, scale=None, dense_queries=0) -> bool:
     # Measured on the CPU (docs/sparsifiner.md): below ~64 keys the sparse bookkeeping costs more than the dense
-    # products it saves, and keeping every key is dense attention, which torch's fused kernel does faster.
-    return k.shape[2] >= 64 and key_index.shape[-1] < k.shape[2]
+    # products it saves, and keeping every key is dense attention, which torch's fused kernel does faster. Not for
+    # an export either: no exporter has a translation of the custom op (export traces without gradients, where
+    # this backend would otherwise be chosen).
+    return k.shape[2] >= 64 and key_index.shape[-1] < k.shape[2] and not torch.compiler.is_exporting()
 
 
 @sparse_topk_attention.register("kept_keys", priority=20, devices=("cpu",), portable=False, supports=_worth_kept_keys)
@@ -242,8 +244,8 @@ def largest_scores_index(scores: torch.Tensor, kept: int) -> torch.Tensor:
     ramp = torch.arange(scores.shape[-1], 0, -1, device=scores.device, dtype=scores.dtype) * _ZERO_RANK_STEP
     ranked = torch.where(scores == 0, ramp - _ZERO_RANK_STEP * (scores.shape[-1] + 1), scores)
     # Unsorted: attention over the kept keys does not depend on their order, and skipping the sort makes the
-    # selection about 1.7x faster.
-    return ranked.topk(kept, dim=-1, sorted=False).indices
+    # selection about 1.7x faster. Sorted for an export: Core ML (iOS 16) converts only a sorted top-K.
+    return ranked.topk(kept, dim=-1, sorted=torch.compiler.is_exporting()).indices
 
 
 def approximate_attention(coefficients: torch.Tensor, basis: torch.Tensor, coef_topk: int) -> torch.Tensor:
@@ -255,7 +257,11 @@ def approximate_attention(coefficients: torch.Tensor, basis: torch.Tensor, coef_
     softmax ties often in float32) are taken by lower index, and the terms are summed largest coefficient first,
     a multiply then an add each.
     """
-    values, indices = coefficients.sort(dim=-1, descending=True, stable=True)
+    if torch.compiler.is_exporting():
+        # Export targets have no stable sort (ExecuTorch no sort at all); ONNX's TopK ranks ties by lower index.
+        values, indices = coefficients.topk(coef_topk, dim=-1)
+    else:
+        values, indices = coefficients.sort(dim=-1, descending=True, stable=True)
     approx = values[..., :1] * basis[indices[..., 0]]
     for term in range(1, coef_topk):
         approx = approx + values[..., term:term + 1] * basis[indices[..., term]]
@@ -277,11 +283,15 @@ def _check_predictor_arguments(coefficients, basis, coef_topk, keep_rate) -> Non
 
 def predicted_top_keys_reference(coefficients: torch.Tensor, basis: torch.Tensor, coef_topk: int,
                                  keep_rate: float) -> torch.Tensor:
-    """Sparsifiner's kept keys (B, H, Nq, K), K = ⌈keep_rate · Nk⌉, int64, ascending: the K largest entries of each
-    row of Â (:func:`approximate_attention`), tied zero scores by lower key index."""
+    """Sparsifiner's kept keys (B, H, Nq, K), K = ⌈keep_rate · Nk⌉, int64, ascending (in an export: in no particular
+    order): the K largest entries of each row of Â (:func:`approximate_attention`), tied zero scores by lower key
+    index."""
     _check_predictor_arguments(coefficients, basis, coef_topk, keep_rate)
-    approx = approximate_attention(coefficients, basis, coef_topk)
-    return largest_scores_index(approx, _kept_count(keep_rate, basis.shape[1])).sort(dim=-1).values
+    index = largest_scores_index(approximate_attention(coefficients, basis, coef_topk),
+                                 _kept_count(keep_rate, basis.shape[1]))
+    # Ascending, as the C++ backend writes them; an export skips the sort (ExecuTorch has none, and attention over
+    # the kept keys does not depend on their order).
+    return index if torch.compiler.is_exporting() else index.sort(dim=-1).values
 
 
 predicted_top_keys = Op("predicted_top_keys", predicted_top_keys_reference)
@@ -303,7 +313,10 @@ def _predictor_samples() -> list[Sample]:
 
 
 def _cpp_inference(*tensors: torch.Tensor) -> bool:
-    """Whether the C++ kernels can run a call on these tensors: built here, float32/64, and no gradient asked."""
+    """Whether the C++ kernels can run a call on these tensors: built here, float32/64, no gradient asked, and not
+    traced for an export (an exported file cannot call a kernel built in this process)."""
+    if torch.compiler.is_exporting():
+        return False
     if any(t.dtype not in (torch.float32, torch.float64) for t in tensors):
         return False
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
