@@ -112,8 +112,7 @@ class SparsifinerMaskPredictor(nn.Module):
         down = _token_table(self.proj_n, grid_size, trained_grid, keep_sum=True)
         up = _token_table(self.proj_back_n, grid_size, trained_grid)
         reduced_keys = self.proj_c_k(k).transpose(-2, -1) @ down
-        # Scaled on the small (heads, reduced_dim, n) side of the product rather than on its N rows.
-        coefficients = (self.proj_c_q(q) @ (reduced_keys * self.scale)).softmax(dim=-1)[:, :, 1:]
+        coefficients = ((self.proj_c_q(q) @ reduced_keys) * self.scale).softmax(dim=-1)[:, :, 1:]
         return coefficients, up
 
     def _basis(self, up: torch.Tensor) -> torch.Tensor:

@@ -258,10 +258,11 @@ def approximate_attention(coefficients: torch.Tensor, basis: torch.Tensor, coef_
     a multiply then an add each.
     """
     if torch.compiler.is_exporting():
-        # Export targets have no stable sort (ExecuTorch no sort at all); ONNX's TopK ranks ties by lower index.
-        values, indices = coefficients.topk(coef_topk, dim=-1)
-    else:
-        values, indices = coefficients.sort(dim=-1, descending=True, stable=True)
+        # Export targets have no stable sort (ExecuTorch no sort at all) and their top-K may return the picks in
+        # another order: an export sums through the dense product, whose result does not depend on that order.
+        top = coefficients.topk(coef_topk, dim=-1)
+        return torch.zeros_like(coefficients).scatter(-1, top.indices, top.values) @ basis
+    values, indices = coefficients.sort(dim=-1, descending=True, stable=True)
     approx = values[..., :1] * basis[indices[..., 0]]
     for term in range(1, coef_topk):
         approx = approx + values[..., term:term + 1] * basis[indices[..., term]]
