@@ -53,14 +53,14 @@ def test_phase_b_distillation_loss_falls_and_predictors_stay_frozen(monkeypatch)
     """The recipe's two teacher terms alone (a random teacher's near-uniform logits and random labels would pull
     against each other; the recipe run below takes all three)."""
     kept = []
-    choose = sparsifiner.top_keys
+    choose = sparsifiner.predicted_top_keys
 
-    def recording_top_keys(approx, keep_rate):
-        index = choose(approx, keep_rate)
-        kept.append((index.shape[-1], approx.shape[-1], len(set(index[0, 0, 0].tolist()))))
+    def recording_top_keys(coefficients, basis, coef_topk, keep_rate):
+        index = choose(coefficients, basis, coef_topk, keep_rate)
+        kept.append((index.shape[-1], basis.shape[-1], len(set(index[0, 0, 0].tolist()))))
         return index
 
-    monkeypatch.setattr(sparsifiner, "top_keys", recording_top_keys)
+    monkeypatch.setattr(sparsifiner, "predicted_top_keys", recording_top_keys)
     torch.manual_seed(0)
     before = {k: v.clone() for k, v in timm.create_model(STUDENT, num_classes=5).state_dict().items()}
     student, loss_fn, history = _train(dict(PHASE_B, task_weight=0.0), "mask_predictor", steps=10, perturb=0.02)

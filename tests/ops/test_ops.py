@@ -20,6 +20,7 @@ from visionzoo.ops import (
     sdpa_reference,
     use_backend,
 )
+from visionzoo.ops._cpp import cpu_kernels_available
 from visionzoo.ops.window import pad_to_windows, window_attention
 
 
@@ -207,7 +208,8 @@ def test_shipped_fast_backends_keep_todays_cpu_choices():
         "hilo_attention": ["sdpa"], "scaled_dot_product_attention": ["sdpa"], "window_attention": ["sdpa"],
         "strip_attention": ["conv_bmm"],
         "spectral_gating": ["fft"],
-        "sparse_topk_attention": ["sdpa"],
+        "sparse_topk_attention": ["kept_keys_cpp" if cpu_kernels_available() else "sdpa"],
+        "predicted_top_keys": ["cpp" if cpu_kernels_available() else "reference"],
         "neighborhood_attention": ["tiled_sdpa"], "neighborhood_av": ["tiled_bmm"], "neighborhood_qk": ["tiled_bmm"],
     }
 

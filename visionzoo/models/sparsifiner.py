@@ -33,7 +33,12 @@ from visionzoo.models._checkpoint import _unwrap
 from visionzoo.models._pretrained import pretrained_cfgs
 from visionzoo.models._registry import Family, register_family
 from visionzoo.ops import trace_leaf
-from visionzoo.ops.sparse_attention import sparse_topk_attention
+from visionzoo.ops.sparse_attention import (
+    approximate_attention,
+    largest_scores_index,
+    predicted_top_keys,
+    sparse_topk_attention,
+)
 
 __all__ = ["Sparsifiner", "checkpoint_filter_fn"]
 
@@ -66,25 +71,11 @@ def _token_table(table: torch.Tensor, grid_size: tuple[int, int], trained_grid: 
 torch.fx.wrap("_token_table")
 
 
-# A normal float32 (and bfloat16) number, so that N of them stay apart and below any nonzero score.
-_ZERO_RANK_STEP = 1e-30
-
-
 @trace_leaf
 def top_keys(approx_attention: torch.Tensor, keep_rate: float) -> torch.Tensor:
-    """The ⌈keep_rate · N⌉ keys with the largest approximate scores per query (no gradient flows through the choice).
-
-    The thresholded basis makes many scores exactly zero, and ``topk`` picks among tied scores in no promised order
-    (torch and ONNX Runtime pick differently): zeros are ranked by key index instead (lower first), through a ramp
-    far below any score the predictor makes, so every runtime keeps the same keys.
-    """
-    kept = max(1, math.ceil(keep_rate * approx_attention.shape[-1]))
-    scores = approx_attention.detach()
-    ramp = torch.arange(scores.shape[-1], 0, -1, device=scores.device, dtype=scores.dtype) * _ZERO_RANK_STEP
-    ranked = torch.where(scores == 0, ramp - _ZERO_RANK_STEP * (scores.shape[-1] + 1), scores)
-    # Unsorted: attention over the kept keys does not depend on their order, and skipping the sort makes the
-    # selection (the model's costliest step on the CPU at 577 tokens) about 1.7x faster.
-    return ranked.topk(kept, dim=-1, sorted=False).indices
+    """The ⌈keep_rate · N⌉ keys with the largest approximate scores per query (no gradient flows through the choice;
+    zero scores, which the thresholded basis makes often, ranked by lower key index)."""
+    return largest_scores_index(approx_attention, max(1, math.ceil(keep_rate * approx_attention.shape[-1])))
 
 
 class SparsifinerMaskPredictor(nn.Module):
@@ -115,20 +106,33 @@ class SparsifinerMaskPredictor(nn.Module):
         nn.init.trunc_normal_(self.proj_n, std=0.02)
         nn.init.trunc_normal_(self.proj_back_n, std=0.02)
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, grid_size: tuple[int, int], trained_grid: tuple[int, int],
-                reconstruction: bool = False) -> torch.Tensor:
-        """q, k (B, heads, 1 + H·W, head_dim) → Â (B, heads, H·W, 1 + H·W): patch queries against every key."""
+    def _coefficients(self, q: torch.Tensor, k: torch.Tensor, grid_size: tuple[int, int],
+                      trained_grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The patch queries' coefficients C (B, heads, H·W, n) and the raw up-projection (1 + H·W, n)."""
         down = _token_table(self.proj_n, grid_size, trained_grid, keep_sum=True)
         up = _token_table(self.proj_back_n, grid_size, trained_grid)
         reduced_keys = self.proj_c_k(k).transpose(-2, -1) @ down
         coefficients = ((self.proj_c_q(q) @ reduced_keys) * self.scale).softmax(dim=-1)[:, :, 1:]
+        return coefficients, up
+
+    def _basis(self, up: torch.Tensor) -> torch.Tensor:
+        basis = up.abs().transpose(0, 1)
+        return basis.masked_fill(basis <= self.basis_threshold, 0.0)
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, grid_size: tuple[int, int], trained_grid: tuple[int, int],
+                reconstruction: bool = False) -> torch.Tensor:
+        """q, k (B, heads, 1 + H·W, head_dim) → Â (B, heads, H·W, 1 + H·W): patch queries against every key."""
+        coefficients, up = self._coefficients(q, k, grid_size, trained_grid)
         if reconstruction:
             return coefficients @ up.transpose(0, 1)
-        basis = up.abs().transpose(0, 1)
-        basis = basis.masked_fill(basis <= self.basis_threshold, 0.0)
-        top = coefficients.topk(self.coef_topk, dim=-1)
-        sparse_coefficients = torch.zeros_like(coefficients).scatter(-1, top.indices, top.values)
-        return sparse_coefficients @ basis
+        return approximate_attention(coefficients, self._basis(up), self.coef_topk)
+
+    def kept_keys(self, q: torch.Tensor, k: torch.Tensor, grid_size: tuple[int, int], trained_grid: tuple[int, int],
+                  keep_rate: float) -> torch.Tensor:
+        """The keys each patch query keeps (B, heads, H·W, ⌈keep_rate · (1 + H·W)⌉), the top keys of :meth:`forward`'s
+        Â chosen without building it (:func:`~visionzoo.ops.sparse_attention.predicted_top_keys`)."""
+        coefficients, up = self._coefficients(q, k, grid_size, trained_grid)
+        return predicted_top_keys(coefficients, self._basis(up), self.coef_topk, keep_rate)
 
 
 class SparsifinerAttention(nn.Module):
@@ -160,10 +164,14 @@ class SparsifinerAttention(nn.Module):
         if self.keep_rate >= 1.0:
             out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
         else:
-            approx = self.mask_predictor(q, k, grid_size, trained_grid, self.reconstruction)
-            if record is not None and "approx_attention" in record:
-                record["approx_attention"].append(approx)
-            out = sparse_topk_attention(q, k, v, top_keys(approx, self.keep_rate), scale=self.scale, dense_queries=1)
+            if self.reconstruction or (record is not None and "approx_attention" in record):
+                approx = self.mask_predictor(q, k, grid_size, trained_grid, self.reconstruction)
+                if record is not None and "approx_attention" in record:
+                    record["approx_attention"].append(approx)
+                key_index = top_keys(approx, self.keep_rate)
+            else:  # Â itself is not needed: the fused selection never builds it
+                key_index = self.mask_predictor.kept_keys(q, k, grid_size, trained_grid, self.keep_rate)
+            out = sparse_topk_attention(q, k, v, key_index, scale=self.scale, dense_queries=1)
         out = out.transpose(1, 2).reshape(batch, tokens, channels)
         return self.proj_drop(self.proj(out))
 

@@ -15,12 +15,14 @@ attend to every key; the other Nq - dense_queries rows attend to the keys named 
 """
 from __future__ import annotations
 
+import math
 import warnings
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention.flex_attention import create_block_mask
 
+from visionzoo.ops._cpp import cpu_kernels, cpu_kernels_available
 from visionzoo.ops._dispatch import Op, Sample, seeded_randn
 from visionzoo.ops._flex import FLEX_DEVICES, flex_attention, flex_is_fused
 
@@ -188,8 +190,10 @@ _kept_key_attention.register_autograd(_kept_key_attention_backward, setup_contex
 
 def _worth_kept_keys(q, k, v, key_index, scale=None, dense_queries=0) -> bool:
     # Measured on the CPU (docs/sparsifiner.md): below ~64 keys the sparse bookkeeping costs more than the dense
-    # products it saves, and keeping every key is dense attention, which torch's fused kernel does faster.
-    return k.shape[2] >= 64 and key_index.shape[-1] < k.shape[2]
+    # products it saves, and keeping every key is dense attention, which torch's fused kernel does faster. Not for
+    # an export either: no exporter has a translation of the custom op (export traces without gradients, where
+    # this backend would otherwise be chosen).
+    return k.shape[2] >= 64 and key_index.shape[-1] < k.shape[2] and not torch.compiler.is_exporting()
 
 
 @sparse_topk_attention.register("kept_keys", priority=20, devices=("cpu",), portable=False, supports=_worth_kept_keys)
@@ -222,3 +226,155 @@ def _sparse_topk_attention_flex(q, k, v, key_index, scale=None, dense_queries=0)
 
     mask = create_block_mask(kept, q.shape[0], q.shape[1], q.shape[2], k.shape[2], device=q.device)
     return flex_attention(q, k, v, block_mask=mask, scale=scale)
+
+
+# A normal float32 (and bfloat16) number, so that N of them stay apart and below any nonzero score.
+_ZERO_RANK_STEP = 1e-30
+
+
+def largest_scores_index(scores: torch.Tensor, kept: int) -> torch.Tensor:
+    """The ``kept`` keys with the largest scores per row of (..., Nk) ``scores``, in no particular order (no
+    gradient flows through the choice).
+
+    A thresholded predictor makes many scores exactly zero, and ``topk`` picks among tied scores in no promised
+    order (torch and ONNX Runtime pick differently): zeros are ranked by key index instead (lower first), through a
+    ramp far below any score the predictor makes, so every runtime keeps the same keys.
+    """
+    scores = scores.detach()
+    ramp = torch.arange(scores.shape[-1], 0, -1, device=scores.device, dtype=scores.dtype) * _ZERO_RANK_STEP
+    ranked = torch.where(scores == 0, ramp - _ZERO_RANK_STEP * (scores.shape[-1] + 1), scores)
+    # Unsorted: attention over the kept keys does not depend on their order, and skipping the sort makes the
+    # selection about 1.7x faster. Sorted for an export: Core ML (iOS 16) converts only a sorted top-K.
+    return ranked.topk(kept, dim=-1, sorted=torch.compiler.is_exporting()).indices
+
+
+def approximate_attention(coefficients: torch.Tensor, basis: torch.Tensor, coef_topk: int) -> torch.Tensor:
+    """Sparsifiner's approximate attention Â = C U (B, H, Nq, Nk) from each row's ``coef_topk`` largest coefficients
+    of (B, H, Nq, n) ``coefficients`` and the (n, Nk) ``basis``.
+
+    The same as scattering the kept coefficients into a dense C and multiplying by the basis, but with the choice
+    and the rounding pinned down, so that every backend keeps the same keys: tied coefficients (a near-uniform
+    softmax ties often in float32) are taken by lower index, and the terms are summed largest coefficient first,
+    a multiply then an add each.
+    """
+    if torch.compiler.is_exporting():
+        # Export targets have no stable sort (ExecuTorch no sort at all) and their top-K may return the picks in
+        # another order: an export sums through the dense product, whose result does not depend on that order.
+        top = coefficients.topk(coef_topk, dim=-1)
+        return torch.zeros_like(coefficients).scatter(-1, top.indices, top.values) @ basis
+    values, indices = coefficients.sort(dim=-1, descending=True, stable=True)
+    approx = values[..., :1] * basis[indices[..., 0]]
+    for term in range(1, coef_topk):
+        approx = approx + values[..., term:term + 1] * basis[indices[..., term]]
+    return approx
+
+
+def _kept_count(keep_rate: float, num_keys: int) -> int:
+    return max(1, math.ceil(keep_rate * num_keys))
+
+
+def _check_predictor_arguments(coefficients, basis, coef_topk, keep_rate) -> None:
+    if coefficients.dim() != 4 or basis.dim() != 2 or coefficients.shape[-1] != basis.shape[0]:
+        raise ValueError(f"predicted_top_keys takes coefficients (B, H, Nq, n) and a basis (n, Nk); got coefficients "
+                         f"{tuple(coefficients.shape)} and basis {tuple(basis.shape)}")
+    if not 1 <= coef_topk <= basis.shape[0] or not 0.0 < keep_rate <= 1.0:
+        raise ValueError(f"predicted_top_keys needs 1 <= coef_topk <= n = {basis.shape[0]} and 0 < keep_rate <= 1; "
+                         f"got coef_topk {coef_topk}, keep_rate {keep_rate}")
+
+
+def predicted_top_keys_reference(coefficients: torch.Tensor, basis: torch.Tensor, coef_topk: int,
+                                 keep_rate: float) -> torch.Tensor:
+    """Sparsifiner's kept keys (B, H, Nq, K), K = ⌈keep_rate · Nk⌉, int64, ascending (in an export: in no particular
+    order): the K largest entries of each row of Â (:func:`approximate_attention`), tied zero scores by lower key
+    index."""
+    _check_predictor_arguments(coefficients, basis, coef_topk, keep_rate)
+    index = largest_scores_index(approximate_attention(coefficients, basis, coef_topk),
+                                 _kept_count(keep_rate, basis.shape[1]))
+    # Ascending, as the C++ backend writes them; an export skips the sort (ExecuTorch has none, and attention over
+    # the kept keys does not depend on their order).
+    return index if torch.compiler.is_exporting() else index.sort(dim=-1).values
+
+
+predicted_top_keys = Op("predicted_top_keys", predicted_top_keys_reference)
+
+
+@predicted_top_keys.sample_inputs
+def _predictor_samples() -> list[Sample]:
+    randn = seeded_randn(5)
+
+    def basis(reduced, keys):
+        table = randn(reduced, keys).abs()
+        return table.masked_fill(table <= 0.8, 0.0)  # thresholded like the model's: many exact zeros
+
+    return [
+        Sample("batch 1, one key kept", (randn(1, 2, 5, 7).softmax(-1), basis(7, 9), 3, 0.01)),
+        Sample("keep a quarter of 37 keys", (randn(2, 3, 36, 6).softmax(-1), basis(6, 37), 2, 0.25)),
+        Sample("every key kept", (randn(1, 1, 4, 5).softmax(-1), basis(5, 11), 5, 1.0)),
+    ]
+
+
+def _cpp_inference(*tensors: torch.Tensor) -> bool:
+    """Whether the C++ kernels can run a call on these tensors: built here, float32/64, no gradient asked, and not
+    traced for an export (an exported file cannot call a kernel built in this process)."""
+    if torch.compiler.is_exporting():
+        return False
+    if any(t.dtype not in (torch.float32, torch.float64) for t in tensors):
+        return False
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return False
+    return cpu_kernels_available()
+
+
+@torch.library.custom_op("visionzoo::cpp_predicted_top_keys", mutates_args=())
+def _cpp_predicted_top_keys(coefficients: torch.Tensor, basis: torch.Tensor, coef_topk: int,
+                            kept: int) -> torch.Tensor:
+    return cpu_kernels().predicted_top_keys(coefficients, basis, coef_topk, kept)
+
+
+@_cpp_predicted_top_keys.register_fake
+def _(coefficients, basis, coef_topk, kept):
+    return coefficients.new_empty(*coefficients.shape[:3], kept, dtype=torch.int64)
+
+
+def _cpp_predictor_supports(coefficients, basis, coef_topk, keep_rate) -> bool:
+    return _cpp_inference(coefficients.detach(), basis.detach())
+
+
+@predicted_top_keys.register("cpp", priority=10, devices=("cpu",), portable=False, differentiable=False,
+                             supports=_cpp_predictor_supports)
+def _predicted_top_keys_cpp(coefficients, basis, coef_topk, keep_rate):
+    # One pass per row in C++ (visionzoo/ops/cpu/sparsifiner_kernels.cpp): the k_b basis rows summed into a row
+    # buffer, its K-th largest score found by counting passes, the K indices written; no N x N tensor, no topk.
+    _check_predictor_arguments(coefficients, basis, coef_topk, keep_rate)
+    if not cpu_kernels_available():
+        return predicted_top_keys_reference(coefficients, basis, coef_topk, keep_rate)
+    return _cpp_predicted_top_keys(coefficients.detach(), basis.detach(), coef_topk,
+                                   _kept_count(keep_rate, basis.shape[1]))
+
+
+@torch.library.custom_op("visionzoo::cpp_kept_key_attention", mutates_args=())
+def _cpp_kept_key_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_index: torch.Tensor,
+                            scale: float, dense_queries: int) -> torch.Tensor:
+    return cpu_kernels().kept_key_attention(q, k, v, key_index, scale, dense_queries)
+
+
+@_cpp_kept_key_attention.register_fake
+def _(q, k, v, key_index, scale, dense_queries):
+    # The kernel writes (B, Nq, H, Ev) storage and returns it as (B, H, Nq, Ev).
+    return q.new_empty(q.shape[0], q.shape[2], q.shape[1], v.shape[-1]).permute(0, 2, 1, 3)
+
+
+def _cpp_attention_supports(q, k, v, key_index, scale=None, dense_queries=0) -> bool:
+    return _cpp_inference(q, k, v)
+
+
+@sparse_topk_attention.register("kept_keys_cpp", priority=30, devices=("cpu",), portable=False,
+                                differentiable=False, supports=_cpp_attention_supports)
+def _sparse_topk_attention_kept_keys_cpp(q, k, v, key_index, scale=None, dense_queries=0):
+    # Inference only (training keeps kept_keys and its exact backward): per query row, the K kept keys' logits,
+    # their softmax and the weighted sum of their values in one C++ pass; dense rows attend to every key.
+    _check_arguments(q, k, v, key_index, dense_queries)
+    if not cpu_kernels_available():
+        return sparse_topk_attention_reference(q, k, v, key_index, scale, dense_queries)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    return _cpp_kept_key_attention(q, k, v, key_index, scale, dense_queries)

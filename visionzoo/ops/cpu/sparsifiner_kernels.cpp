@@ -1,0 +1,592 @@
+// Sparsifiner's inference path on the CPU, one pass per query row (visionzoo/ops/sparse_attention.py):
+//
+// * predicted_top_keys: the mask predictor's key selection. Per row, the coef_topk largest coefficients (ties: lower
+//   index), the approximate scores Â = Σ c_t · basis[t] summed in that order (a multiply then an add, rounded like
+//   the reference's ATen ops, no fused multiply-add), then the K largest scores, ties by lower key index.
+// * kept_key_attention: per row, attention over the K keys it names (dense rows: every key), written straight into
+//   a (B, Nq, H, Ev) buffer so that the heads' merge after it is a view.
+//
+// Built just in time by visionzoo/ops/_cpp.py with -march=native; the AVX-512 paths are taken for float32 where the
+// compiler targets them, plain loops everywhere else.
+#include <torch/extension.h>
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <type_traits>
+#include <vector>
+
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
+
+namespace {
+
+// ---------------------------------------------------------------------------------------------------------------
+// Exact selection of the K largest scores of one row.
+
+template <typename scalar_t>
+using key_t = std::conditional_t<sizeof(scalar_t) == 4, uint32_t, uint64_t>;
+
+// Unsigned keys ordered like the floats (-0 and +0 alike, NaN above +inf as topk ranks it).
+template <typename scalar_t>
+inline key_t<scalar_t> order_key(scalar_t value) {
+  using K = key_t<scalar_t>;
+  value = value + scalar_t(0);
+  K bits;
+  std::memcpy(&bits, &value, sizeof(bits));
+  constexpr K sign = K(1) << (sizeof(K) * 8 - 1);
+  return (bits & sign) ? ~bits : (bits | sign);
+}
+
+template <typename scalar_t>
+inline scalar_t key_value(key_t<scalar_t> key) {
+  using K = key_t<scalar_t>;
+  constexpr K sign = K(1) << (sizeof(K) * 8 - 1);
+  const K bits = (key & sign) ? (key ^ sign) : ~key;
+  scalar_t value;
+  std::memcpy(&value, &bits, sizeof(bits));
+  return value;
+}
+
+template <typename K>
+inline int64_t count_at_least(const K* keys, int64_t n, K pivot) {
+  int64_t count = 0;
+#ifdef __AVX512F__
+  if constexpr (sizeof(K) == 4) {
+    const __m512i p = _mm512_set1_epi32(static_cast<int>(pivot));
+    int64_t j = 0;
+    for (; j + 16 <= n; j += 16) {
+      count += __builtin_popcount(_mm512_cmpge_epu32_mask(_mm512_loadu_si512(keys + j), p));
+    }
+    const __mmask16 tail = static_cast<__mmask16>((1u << (n - j)) - 1u);
+    count += __builtin_popcount(_mm512_mask_cmpge_epu32_mask(tail, _mm512_maskz_loadu_epi32(tail, keys + j), p));
+    return count;
+  }
+#endif
+  for (int64_t j = 0; j < n; ++j) count += keys[j] >= pivot;
+  return count;
+}
+
+// The keys at or above each of three pivots, in one sweep.
+template <typename K>
+inline void count_at_least_3(const K* keys, int64_t n, const K* pivots, int64_t* counts) {
+#ifdef __AVX512F__
+  if constexpr (sizeof(K) == 4) {
+    const __m512i p0 = _mm512_set1_epi32(static_cast<int>(pivots[0]));
+    const __m512i p1 = _mm512_set1_epi32(static_cast<int>(pivots[1]));
+    const __m512i p2 = _mm512_set1_epi32(static_cast<int>(pivots[2]));
+    const __m512i one = _mm512_set1_epi32(1);
+    __m512i c0 = _mm512_setzero_si512(), c1 = _mm512_setzero_si512(), c2 = _mm512_setzero_si512();
+    for (int64_t j = 0; j < n; j += 16) {
+      const __mmask16 valid = n - j >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (n - j)) - 1u);
+      const __m512i x = _mm512_maskz_loadu_epi32(valid, keys + j);
+      c0 = _mm512_mask_add_epi32(c0, _mm512_mask_cmpge_epu32_mask(valid, x, p0), c0, one);
+      c1 = _mm512_mask_add_epi32(c1, _mm512_mask_cmpge_epu32_mask(valid, x, p1), c1, one);
+      c2 = _mm512_mask_add_epi32(c2, _mm512_mask_cmpge_epu32_mask(valid, x, p2), c2, one);
+    }
+    counts[0] = _mm512_reduce_add_epi32(c0);
+    counts[1] = _mm512_reduce_add_epi32(c1);
+    counts[2] = _mm512_reduce_add_epi32(c2);
+    return;
+  }
+#endif
+  counts[0] = counts[1] = counts[2] = 0;
+  for (int64_t j = 0; j < n; ++j) {
+    counts[0] += keys[j] >= pivots[0];
+    counts[1] += keys[j] >= pivots[1];
+    counts[2] += keys[j] >= pivots[2];
+  }
+}
+
+// Moves the keys inside [low, high] to the front of out (which may be keys itself); returns how many.
+template <typename K>
+inline int64_t compact_inside(const K* keys, int64_t n, K low, K high, K* out) {
+  int64_t found = 0;
+#ifdef __AVX512F__
+  if constexpr (sizeof(K) == 4) {
+    const __m512i lo = _mm512_set1_epi32(static_cast<int>(low)), hi = _mm512_set1_epi32(static_cast<int>(high));
+    for (int64_t j = 0; j < n; j += 16) {
+      const __mmask16 valid = n - j >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (n - j)) - 1u);
+      const __m512i x = _mm512_maskz_loadu_epi32(valid, keys + j);
+      const __mmask16 inside = _mm512_mask_cmple_epu32_mask(_mm512_mask_cmpge_epu32_mask(valid, x, lo), x, hi);
+      // Writes 16 lanes at found <= j: only keys already read are overwritten.
+      _mm512_storeu_si512(out + found, _mm512_maskz_compress_epi32(inside, x));
+      found += __builtin_popcount(inside);
+    }
+    return found;
+  }
+#endif
+  for (int64_t j = 0; j < n; ++j) {
+    const K key = keys[j];
+    out[found] = key;
+    found += (key >= low) & (key <= high);
+  }
+  return found;
+}
+
+// The rank-th largest (1-based) of n keys, n small.
+template <typename K>
+K rank_among_few(K* keys, int64_t n, int64_t rank) {
+#ifdef __AVX512F__
+  if constexpr (sizeof(K) == 4) {
+    if (n <= 16) {
+      // Lane i counts the keys above key i and those at or above it, comparing the keys with their 15 rotations;
+      // the answer is a key with fewer than rank above it and at least rank at or above it.
+      const __mmask16 live = static_cast<__mmask16>((1u << n) - 1u);
+      const __m512i pool = _mm512_maskz_loadu_epi32(live, keys);
+      const __m512i one = _mm512_set1_epi32(1), count = _mm512_set1_epi32(static_cast<int>(n));
+      const __m512i lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+      __m512i above = _mm512_setzero_si512(), at_or_above = one;
+      for (int r = 1; r < 16; ++r) {
+        const __m512i rotation = _mm512_and_si512(_mm512_add_epi32(lanes, _mm512_set1_epi32(r)), _mm512_set1_epi32(15));
+        const __m512i other = _mm512_permutexvar_epi32(rotation, pool);
+        const __mmask16 other_live = _mm512_cmplt_epu32_mask(rotation, count);
+        above = _mm512_mask_add_epi32(above, _mm512_mask_cmpgt_epu32_mask(other_live, other, pool), above, one);
+        at_or_above =
+            _mm512_mask_add_epi32(at_or_above, _mm512_mask_cmpge_epu32_mask(other_live, other, pool), at_or_above, one);
+      }
+      const __m512i wanted = _mm512_set1_epi32(static_cast<int>(rank));
+      const __mmask16 hit =
+          _mm512_mask_cmplt_epi32_mask(live, above, wanted) & _mm512_cmpge_epi32_mask(at_or_above, wanted);
+      return keys[__builtin_ctz(hit)];
+    }
+  }
+#endif
+  std::nth_element(keys, keys + (rank - 1), keys + n, std::greater<K>());
+  return keys[rank - 1];
+}
+
+// The K-th largest score's key, given the row's smallest and largest: a bracket [low, high] that holds it, narrowed
+// by sweeps that count the keys at or above three pivots: around the rank interpolated between the bracket's scores
+// or, after a sweep that did not cut the bracket to a quarter, at its quarters in key space (so there are at most
+// half the key's bits of sweeps). Once the bracket holds under half of the keys swept, those are moved into
+// scratch (n + 16 entries) and the later sweeps cover them only; the few left at the end are ranked directly.
+template <typename scalar_t, typename K = key_t<scalar_t>>
+K kth_largest(const K* keys, int64_t n, int64_t kept, K low, K high, K* scratch, K hint = 0) {
+  constexpr int64_t few = 16;
+  const K* swept = keys;
+  int64_t size = n;
+  int64_t outside = 0;       // keys above the swept ones (all above high)
+  int64_t at_least_low = n;  // keys >= low: at least kept
+  int64_t above_high = 0;    // keys > high: fewer than kept
+  bool interpolate = true;
+  while (low < high && at_least_low - above_high > few) {
+    if (2 * (at_least_low - above_high) < size) {
+      size = compact_inside(swept, size, low, high, scratch);
+      swept = scratch;
+      outside = above_high;
+    }
+    const K span = high - low;
+    K pivots[3] = {static_cast<K>(low + span / 4 + 1), static_cast<K>(low + span / 2 + 1),
+                   static_cast<K>(high - span / 4)};
+    if (hint > low && hint <= high) {
+      // The first sweep brackets a guess (the previous row's answer: rows of one head share the basis, so their
+      // scores' quantiles lie close), 2% of its value either side.
+      const double guess = key_value<scalar_t>(hint);
+      pivots[0] = order_key(static_cast<scalar_t>(guess * 0.98));
+      pivots[1] = hint;
+      pivots[2] = order_key(static_cast<scalar_t>(guess * 1.02));
+      if (pivots[0] > pivots[2]) std::swap(pivots[0], pivots[2]);
+      hint = 0;
+    } else if (interpolate) {
+      const double inside = static_cast<double>(at_least_low - above_high);
+      const double rank = static_cast<double>(kept - above_high);  // from the top of the bracket
+      const double margin = std::max(1.0, inside / 8.0);
+      const double top = key_value<scalar_t>(high), bottom = key_value<scalar_t>(low);
+      const double step = (top - bottom) / inside;
+      const double guesses[3] = {top - step * (rank + margin - 0.5), top - step * (rank - 0.5),
+                                 top - step * (rank - margin - 0.5)};
+      if (std::isfinite(step)) {
+        for (int i = 0; i < 3; ++i) pivots[i] = order_key(static_cast<scalar_t>(guesses[i]));
+      }
+    }
+    for (int i = 0; i < 3; ++i) pivots[i] = std::min(std::max(pivots[i], static_cast<K>(low + 1)), high);
+    pivots[1] = std::max(pivots[1], pivots[0]);
+    pivots[2] = std::max(pivots[2], pivots[1]);
+    int64_t counts[3];
+    count_at_least_3(swept, size, pivots, counts);
+    // The highest pivot with at least kept keys at or above it is the new low, the next one up bounds the high.
+    int i = 2;
+    while (i >= 0 && outside + counts[i] < kept) --i;
+    if (i >= 0) {
+      low = pivots[i];
+      at_least_low = outside + counts[i];
+    }
+    if (i < 2) {
+      high = pivots[i + 1] - 1;
+      above_high = outside + counts[i + 1];
+    }
+    interpolate = (high - low) <= span / 4;
+  }
+  if (low == high) return low;
+  size = compact_inside(swept, size, low, high, scratch);
+  return rank_among_few(scratch, size, kept - above_high);
+}
+
+// Writes the K kept key indices in ascending order: every key above the threshold and the first ones equal to it.
+template <typename K>
+void write_kept(const K* keys, int64_t n, int64_t kept, K threshold, int32_t* above_buffer, int32_t* tie_buffer,
+                int64_t* out) {
+  int64_t above = 0, ties = 0;
+#ifdef __AVX512F__
+  if constexpr (sizeof(K) == 4) {
+    const __m512i t = _mm512_set1_epi32(static_cast<int>(threshold));
+    __m512i index = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    const __m512i step = _mm512_set1_epi32(16);
+    for (int64_t j = 0; j < n; j += 16) {
+      const __mmask16 valid = n - j >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (n - j)) - 1u);
+      const __m512i x = _mm512_maskz_loadu_epi32(valid, keys + j);
+      const __mmask16 greater = _mm512_mask_cmpgt_epu32_mask(valid, x, t);
+      const __mmask16 equal = _mm512_mask_cmpeq_epu32_mask(valid, x, t);
+      _mm512_storeu_si512(above_buffer + above, _mm512_maskz_compress_epi32(greater, index));
+      _mm512_storeu_si512(tie_buffer + ties, _mm512_maskz_compress_epi32(equal, index));
+      above += __builtin_popcount(greater);
+      ties += __builtin_popcount(equal);
+      index = _mm512_add_epi32(index, step);
+    }
+  } else
+#endif
+  {
+    for (int64_t j = 0; j < n; ++j) {
+      above_buffer[above] = tie_buffer[ties] = static_cast<int32_t>(j);
+      above += keys[j] > threshold;
+      ties += keys[j] == threshold;
+    }
+  }
+  // Both lists ascend: merged, the kept keys come out in ascending order (the reference's, and the attention's
+  // lookups then move forward through memory). The ties taken are few unless many scores are equal.
+  int64_t taken = 0, written = 0;
+  for (int64_t t = 0; t < kept - above; ++t) {
+    const int32_t tie = tie_buffer[t];
+    while (taken < above && above_buffer[taken] < tie) out[written++] = above_buffer[taken++];
+    out[written++] = tie;
+  }
+  for (; taken < above; ++taken) out[written++] = above_buffer[taken];
+}
+
+// Â's row from the chosen coefficients, as order keys: Σ_t weight_t · basis[row_t], t in the given order. Returns
+// the smallest and largest key.
+template <typename scalar_t>
+std::pair<key_t<scalar_t>, key_t<scalar_t>> approximate_row_keys(const scalar_t* basis, int64_t num_keys,
+                                                                  const int64_t* rows, const scalar_t* weights,
+                                                                  int64_t count, scalar_t* scores,
+                                                                  key_t<scalar_t>* keys) {
+#ifdef __AVX512F__
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    const __m512 zero = _mm512_setzero_ps();
+    const __m512i sign = _mm512_set1_epi32(static_cast<int>(0x80000000u));
+    __m512i smallest = _mm512_set1_epi32(-1), largest = _mm512_setzero_si512();
+    for (int64_t j = 0; j < num_keys; j += 16) {
+      const __mmask16 valid =
+          num_keys - j >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (num_keys - j)) - 1u);
+      __m512 sum = _mm512_mul_ps(_mm512_set1_ps(weights[0]), _mm512_maskz_loadu_ps(valid, basis + rows[0] * num_keys + j));
+      for (int64_t t = 1; t < count; ++t) {
+        const __m512 term =
+            _mm512_mul_ps(_mm512_set1_ps(weights[t]), _mm512_maskz_loadu_ps(valid, basis + rows[t] * num_keys + j));
+        sum = _mm512_add_ps(sum, term);
+      }
+      const __m512i bits = _mm512_castps_si512(_mm512_add_ps(sum, zero));
+      const __m512i key = _mm512_xor_si512(bits, _mm512_or_si512(_mm512_srai_epi32(bits, 31), sign));
+      _mm512_mask_storeu_epi32(keys + j, valid, key);
+      smallest = _mm512_mask_min_epu32(smallest, valid, smallest, key);
+      largest = _mm512_mask_max_epu32(largest, valid, largest, key);
+    }
+    return {_mm512_reduce_min_epu32(smallest), _mm512_reduce_max_epu32(largest)};
+  }
+#endif
+  for (int64_t j = 0; j < num_keys; ++j) scores[j] = weights[0] * basis[rows[0] * num_keys + j];
+  for (int64_t t = 1; t < count; ++t) {
+    const scalar_t weight = weights[t];
+    const scalar_t* row = basis + rows[t] * num_keys;
+    for (int64_t j = 0; j < num_keys; ++j) {
+      const scalar_t term = weight * row[j];
+      scores[j] = scores[j] + term;
+    }
+  }
+  key_t<scalar_t> smallest = std::numeric_limits<key_t<scalar_t>>::max(), largest = 0;
+  for (int64_t j = 0; j < num_keys; ++j) {
+    keys[j] = order_key(scores[j]);
+    smallest = std::min(smallest, keys[j]);
+    largest = std::max(largest, keys[j]);
+  }
+  return {smallest, largest};
+}
+
+// The count largest of n coefficients, largest first, ties by lower index: the selection below picks them, then
+// each pick's rank orders them (no mispredicted insertions). keys, the buffers and scratch hold n + 16 entries.
+template <typename scalar_t>
+void top_coefficients_by_rank(const scalar_t* row, int64_t n, int64_t count, int64_t* rows, scalar_t* weights,
+                              key_t<scalar_t>* keys, int32_t* above_buffer, int32_t* tie_buffer, int64_t* picked,
+                              key_t<scalar_t>* scratch, key_t<scalar_t>& hint) {
+  using K = key_t<scalar_t>;
+  K smallest = std::numeric_limits<K>::max(), largest = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    keys[i] = order_key(row[i]);
+    smallest = std::min(smallest, keys[i]);
+    largest = std::max(largest, keys[i]);
+  }
+  const K threshold = kth_largest<scalar_t>(keys, n, count, smallest, largest, scratch, hint);
+  hint = threshold;
+  write_kept(keys, n, count, threshold, above_buffer, tie_buffer, picked);
+  // Picks come in ascending index within equal keys, so a pick's rank is the picks with a larger key plus the
+  // earlier picks with the same key.
+  for (int64_t i = 0; i < count; ++i) {
+    const K key = keys[picked[i]];
+    int64_t rank = 0;
+    for (int64_t j = 0; j < count; ++j) {
+      const K other = keys[picked[j]];
+      rank += (other > key) | ((other == key) & (j < i));
+    }
+    rows[rank] = picked[i];
+    weights[rank] = row[picked[i]];
+  }
+}
+
+template <typename scalar_t>
+void predicted_top_keys_kernel(const at::Tensor& coefficients, const at::Tensor& basis, int64_t coef_topk,
+                               int64_t kept, at::Tensor& out) {
+  using K = key_t<scalar_t>;
+  const int64_t heads = coefficients.size(1), queries = coefficients.size(2), reduced = coefficients.size(3);
+  const int64_t num_keys = basis.size(1);
+  const int64_t stride_b = coefficients.stride(0), stride_h = coefficients.stride(1);
+  const int64_t stride_q = coefficients.stride(2);
+  const scalar_t* coefficient_data = coefficients.data_ptr<scalar_t>();
+  const scalar_t* basis_data = basis.data_ptr<scalar_t>();
+  int64_t* out_data = out.data_ptr<int64_t>();
+  const int64_t rows = coefficients.size(0) * heads * queries;
+  at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
+    std::vector<scalar_t> scores(num_keys), weights(coef_topk);
+    std::vector<K> keys(num_keys + 16), scratch(std::max(num_keys, reduced) + 16);  // both selections use it
+    std::vector<int32_t> above_buffer(num_keys + 16), tie_buffer(num_keys + 16);
+    std::vector<int64_t> chosen(coef_topk), picked(coef_topk);
+    std::vector<K> coefficient_keys(reduced + 16);
+    std::vector<int32_t> coefficient_above(reduced + 16), coefficient_ties(reduced + 16);
+    K hint = 0, coefficient_hint = 0;
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t b = r / (heads * queries), h = (r / queries) % heads, q = r % queries;
+      const scalar_t* row = coefficient_data + b * stride_b + h * stride_h + q * stride_q;
+      top_coefficients_by_rank(row, reduced, coef_topk, chosen.data(), weights.data(), coefficient_keys.data(),
+                               coefficient_above.data(), coefficient_ties.data(), picked.data(), scratch.data(), coefficient_hint);
+      const auto [smallest, largest] = approximate_row_keys(basis_data, num_keys, chosen.data(), weights.data(),
+                                                            coef_topk, scores.data(), keys.data());
+      const K threshold = kth_largest<scalar_t>(keys.data(), num_keys, kept, smallest, largest, scratch.data(), hint);
+      hint = threshold;
+      write_kept(keys.data(), num_keys, kept, threshold, above_buffer.data(), tie_buffer.data(),
+                 out_data + r * kept);
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Attention over each query's kept keys.
+
+struct Strides {
+  int64_t b, h, n;
+};
+
+inline Strides strides_of(const at::Tensor& t) { return {t.stride(0), t.stride(1), t.stride(2)}; }
+
+#ifdef __AVX512F__
+// exp(x) for x <= 0 (softmax logits minus their maximum): 2^n · p(r), r = x - n·ln2, degree-6 polynomial.
+inline __m512 exp_nonpositive(__m512 x) {
+  x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+  return _mm512_scalef_ps(p, n);
+}
+
+// Lane i of the result: the sum of the 16 lanes of v[i].
+inline __m512 sum_lanes_16(__m512* v) {
+  __m512 x[8], y[4], w[2];
+  for (int i = 0; i < 8; ++i) {
+    x[i] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]), _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]));
+  }
+  for (int i = 0; i < 4; ++i) {
+    y[i] = _mm512_add_ps(_mm512_shuffle_ps(x[2 * i], x[2 * i + 1], 0x44), _mm512_shuffle_ps(x[2 * i], x[2 * i + 1], 0xEE));
+  }
+  for (int i = 0; i < 2; ++i) {
+    w[i] = _mm512_add_ps(_mm512_shuffle_f32x4(y[2 * i], y[2 * i + 1], 0x88),
+                         _mm512_shuffle_f32x4(y[2 * i], y[2 * i + 1], 0xDD));
+  }
+  return _mm512_add_ps(_mm512_shuffle_f32x4(w[0], w[1], 0x88), _mm512_shuffle_f32x4(w[0], w[1], 0xDD));
+}
+
+// Rows are looked up in the order of the query's key index, which no hardware prefetcher predicts.
+template <int VEC>
+inline void prefetch_row(const float* row) {
+  for (int v = 0; v < VEC; ++v) _mm_prefetch(reinterpret_cast<const char*>(row + 16 * v), _MM_HINT_T0);
+}
+
+// One query row, head width 16·VEC: logits against the kept keys, softmax, weighted sum of their value rows.
+template <int VEC>
+void attend_row_avx512(const float* query, const float* keys, const float* values, int64_t key_stride,
+                       int64_t value_stride, const int64_t* index, int64_t kept, float scale, float* logits,
+                       float* out) {
+  __m512 q[VEC];
+  for (int v = 0; v < VEC; ++v) q[v] = _mm512_mul_ps(_mm512_loadu_ps(query + 16 * v), _mm512_set1_ps(scale));
+  __m512 running_max = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  for (int64_t t0 = 0; t0 < kept; t0 += 16) {
+    const int64_t block = std::min<int64_t>(16, kept - t0);
+    __m512 partial[16];
+    for (int64_t t = 0; t < 16; ++t) {
+      if (t < block) {
+        if (index && t0 + t + 16 < kept) prefetch_row<VEC>(keys + index[t0 + t + 16] * key_stride);
+        const float* key = keys + (index ? index[t0 + t] : t0 + t) * key_stride;
+        __m512 sum = _mm512_mul_ps(q[0], _mm512_loadu_ps(key));
+        for (int v = 1; v < VEC; ++v) sum = _mm512_fmadd_ps(q[v], _mm512_loadu_ps(key + 16 * v), sum);
+        partial[t] = sum;
+      } else {
+        partial[t] = _mm512_setzero_ps();
+      }
+    }
+    const __mmask16 valid = block == 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << block) - 1u);
+    const __m512 sums = sum_lanes_16(partial);
+    _mm512_mask_storeu_ps(logits + t0, valid, sums);
+    running_max = _mm512_mask_max_ps(running_max, valid, running_max, sums);
+  }
+  const __m512 maximum = _mm512_set1_ps(_mm512_reduce_max_ps(running_max));
+  __m512 total = _mm512_setzero_ps();
+  for (int64_t t0 = 0; t0 < kept; t0 += 16) {
+    const int64_t block = std::min<int64_t>(16, kept - t0);
+    const __mmask16 valid = block == 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << block) - 1u);
+    const __m512 weight = exp_nonpositive(_mm512_sub_ps(_mm512_maskz_loadu_ps(valid, logits + t0), maximum));
+    _mm512_mask_storeu_ps(logits + t0, valid, weight);
+    total = _mm512_mask_add_ps(total, valid, total, weight);
+  }
+  __m512 acc[VEC];
+  for (int v = 0; v < VEC; ++v) acc[v] = _mm512_setzero_ps();
+  if (index) {
+    for (int64_t t = 0; t < std::min<int64_t>(8, kept); ++t) prefetch_row<VEC>(values + index[t] * value_stride);
+  }
+  for (int64_t t = 0; t < kept; ++t) {
+    if (index && t + 8 < kept) prefetch_row<VEC>(values + index[t + 8] * value_stride);
+    const float* value = values + (index ? index[t] : t) * value_stride;
+    const __m512 weight = _mm512_set1_ps(logits[t]);
+    for (int v = 0; v < VEC; ++v) acc[v] = _mm512_fmadd_ps(weight, _mm512_loadu_ps(value + 16 * v), acc[v]);
+  }
+  const __m512 inverse = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(total));
+  for (int v = 0; v < VEC; ++v) _mm512_storeu_ps(out + 16 * v, _mm512_mul_ps(acc[v], inverse));
+}
+#endif
+
+template <typename scalar_t>
+void attend_row(const scalar_t* query, const scalar_t* keys, const scalar_t* values, int64_t key_stride,
+                int64_t value_stride, const int64_t* index, int64_t kept, int64_t width, int64_t value_width,
+                scalar_t scale, scalar_t* logits, scalar_t* out) {
+#ifdef __AVX512F__
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (width == value_width) {
+      switch (width) {
+        case 16: return attend_row_avx512<1>(query, keys, values, key_stride, value_stride, index, kept, scale, logits, out);
+        case 32: return attend_row_avx512<2>(query, keys, values, key_stride, value_stride, index, kept, scale, logits, out);
+        case 48: return attend_row_avx512<3>(query, keys, values, key_stride, value_stride, index, kept, scale, logits, out);
+        case 64: return attend_row_avx512<4>(query, keys, values, key_stride, value_stride, index, kept, scale, logits, out);
+        case 96: return attend_row_avx512<6>(query, keys, values, key_stride, value_stride, index, kept, scale, logits, out);
+        case 128: return attend_row_avx512<8>(query, keys, values, key_stride, value_stride, index, kept, scale, logits, out);
+        default: break;
+      }
+    }
+  }
+#endif
+  scalar_t maximum = -std::numeric_limits<scalar_t>::infinity();
+  for (int64_t t = 0; t < kept; ++t) {
+    const scalar_t* key = keys + (index ? index[t] : t) * key_stride;
+    scalar_t dot = 0;
+    for (int64_t e = 0; e < width; ++e) dot += query[e] * key[e];
+    logits[t] = dot * scale;
+    maximum = std::max(maximum, logits[t]);
+  }
+  scalar_t total = 0;
+  for (int64_t t = 0; t < kept; ++t) {
+    logits[t] = std::exp(logits[t] - maximum);
+    total += logits[t];
+  }
+  for (int64_t e = 0; e < value_width; ++e) out[e] = 0;
+  for (int64_t t = 0; t < kept; ++t) {
+    const scalar_t* value = values + (index ? index[t] : t) * value_stride;
+    const scalar_t weight = logits[t] / total;
+    for (int64_t e = 0; e < value_width; ++e) out[e] += weight * value[e];
+  }
+}
+
+template <typename scalar_t>
+void kept_key_attention_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                               const at::Tensor& key_index, double scale, int64_t dense_queries, at::Tensor& out) {
+  const int64_t heads = q.size(1), queries = q.size(2), width = q.size(3);
+  const int64_t num_keys = k.size(2), value_width = v.size(3), kept = key_index.size(3);
+  const Strides qs = strides_of(q), ks = strides_of(k), vs = strides_of(v), os = strides_of(out);
+  const scalar_t* q_data = q.data_ptr<scalar_t>();
+  const scalar_t* k_data = k.data_ptr<scalar_t>();
+  const scalar_t* v_data = v.data_ptr<scalar_t>();
+  const int64_t* index_data = key_index.data_ptr<int64_t>();
+  scalar_t* out_data = out.data_ptr<scalar_t>();
+  const int64_t rows = q.size(0) * heads * queries;
+  at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
+    std::vector<scalar_t> logits(num_keys + 16);
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t b = r / (heads * queries), h = (r / queries) % heads, n = r % queries;
+      const bool dense = n < dense_queries;
+      const int64_t* index = dense ? nullptr : index_data + ((b * heads + h) * (queries - dense_queries) + n - dense_queries) * kept;
+      attend_row<scalar_t>(q_data + b * qs.b + h * qs.h + n * qs.n, k_data + b * ks.b + h * ks.h,
+                           v_data + b * vs.b + h * vs.h, ks.n, vs.n, index, dense ? num_keys : kept, width,
+                           value_width, static_cast<scalar_t>(scale), logits.data(),
+                           out_data + b * os.b + h * os.h + n * os.n);
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Entry points (the Python wrappers check shapes; these check what the kernels rely on).
+
+at::Tensor predicted_top_keys(const at::Tensor& coefficients, const at::Tensor& basis, int64_t coef_topk,
+                              int64_t kept) {
+  TORCH_CHECK(coefficients.dim() == 4 && basis.dim() == 2 && coefficients.size(3) == basis.size(0),
+              "predicted_top_keys takes coefficients (B, H, Nq, n) and a basis (n, Nk)");
+  TORCH_CHECK(coefficients.scalar_type() == basis.scalar_type(), "coefficients and basis differ in dtype");
+  TORCH_CHECK(1 <= coef_topk && coef_topk <= basis.size(0) && 1 <= kept && kept <= basis.size(1),
+              "predicted_top_keys needs 1 <= coef_topk <= n and 1 <= kept <= Nk");
+  const at::Tensor rows = coefficients.stride(3) == 1 ? coefficients : coefficients.contiguous();
+  const at::Tensor table = basis.contiguous();
+  at::Tensor out = at::empty({coefficients.size(0), coefficients.size(1), coefficients.size(2), kept},
+                             coefficients.options().dtype(at::kLong));
+  AT_DISPATCH_FLOATING_TYPES(coefficients.scalar_type(), "predicted_top_keys", [&] {
+    predicted_top_keys_kernel<scalar_t>(rows, table, coef_topk, kept, out);
+  });
+  return out;
+}
+
+at::Tensor kept_key_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                              const at::Tensor& key_index, double scale, int64_t dense_queries) {
+  TORCH_CHECK(q.scalar_type() == k.scalar_type() && q.scalar_type() == v.scalar_type(), "q, k, v differ in dtype");
+  TORCH_CHECK(key_index.scalar_type() == at::kLong, "key_index must be int64");
+  auto last_contiguous = [](const at::Tensor& t) { return t.stride(3) == 1 ? t : t.contiguous(); };
+  const at::Tensor qc = last_contiguous(q), kc = last_contiguous(k), vc = last_contiguous(v);
+  const at::Tensor index = key_index.contiguous();
+  // (B, Nq, H, Ev) storage seen as (B, H, Nq, Ev): merging the heads afterwards is free.
+  at::Tensor out = at::empty({q.size(0), q.size(2), q.size(1), v.size(3)}, q.options()).permute({0, 2, 1, 3});
+  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "kept_key_attention", [&] {
+    kept_key_attention_kernel<scalar_t>(qc, kc, vc, index, scale, dense_queries, out);
+  });
+  return out;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("predicted_top_keys", &predicted_top_keys, "Sparsifiner's kept keys per query from its mask predictor");
+  m.def("kept_key_attention", &kept_key_attention, "Attention over each query's kept keys");
+}
