@@ -281,21 +281,35 @@ std::pair<key_t<scalar_t>, key_t<scalar_t>> approximate_row_keys(const scalar_t*
     const __m512 zero = _mm512_setzero_ps();
     const __m512i sign = _mm512_set1_epi32(static_cast<int>(0x80000000u));
     __m512i smallest = _mm512_set1_epi32(-1), largest = _mm512_setzero_si512();
-    for (int64_t j = 0; j < num_keys; j += 16) {
-      const __mmask16 valid =
-          num_keys - j >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (num_keys - j)) - 1u);
-      __m512 sum = _mm512_mul_ps(_mm512_set1_ps(weights[0]), _mm512_maskz_loadu_ps(valid, basis + rows[0] * num_keys + j));
-      for (int64_t t = 1; t < count; ++t) {
-        const __m512 term =
-            _mm512_mul_ps(_mm512_set1_ps(weights[t]), _mm512_maskz_loadu_ps(valid, basis + rows[t] * num_keys + j));
-        sum = _mm512_add_ps(sum, term);
+    // GROUP vectors of 16 keys at a time: each is a chain of dependent adds over the terms, and GROUP chains side
+    // by side keep the adder busy.
+    auto sweep = [&](auto group_constant, int64_t j) {
+      constexpr int GROUP = decltype(group_constant)::value;
+      __mmask16 valid[GROUP];
+      __m512 sum[GROUP];
+      for (int g = 0; g < GROUP; ++g) {
+        const int64_t left = num_keys - j - 16 * g;
+        valid[g] = left >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << left) - 1u);
+        sum[g] = _mm512_mul_ps(_mm512_set1_ps(weights[0]), _mm512_maskz_loadu_ps(valid[g], basis + rows[0] * num_keys + j + 16 * g));
       }
-      const __m512i bits = _mm512_castps_si512(_mm512_add_ps(sum, zero));
-      const __m512i key = _mm512_xor_si512(bits, _mm512_or_si512(_mm512_srai_epi32(bits, 31), sign));
-      _mm512_mask_storeu_epi32(keys + j, valid, key);
-      smallest = _mm512_mask_min_epu32(smallest, valid, smallest, key);
-      largest = _mm512_mask_max_epu32(largest, valid, largest, key);
-    }
+      for (int64_t t = 1; t < count; ++t) {
+        const __m512 weight = _mm512_set1_ps(weights[t]);
+        const float* row = basis + rows[t] * num_keys + j;
+        for (int g = 0; g < GROUP; ++g) {
+          sum[g] = _mm512_add_ps(sum[g], _mm512_mul_ps(weight, _mm512_maskz_loadu_ps(valid[g], row + 16 * g)));
+        }
+      }
+      for (int g = 0; g < GROUP; ++g) {
+        const __m512i bits = _mm512_castps_si512(_mm512_add_ps(sum[g], zero));
+        const __m512i key = _mm512_xor_si512(bits, _mm512_or_si512(_mm512_srai_epi32(bits, 31), sign));
+        _mm512_mask_storeu_epi32(keys + j + 16 * g, valid[g], key);
+        smallest = _mm512_mask_min_epu32(smallest, valid[g], smallest, key);
+        largest = _mm512_mask_max_epu32(largest, valid[g], largest, key);
+      }
+    };
+    int64_t j = 0;
+    for (; j + 64 <= num_keys; j += 64) sweep(std::integral_constant<int, 4>{}, j);
+    for (; j < num_keys; j += 16) sweep(std::integral_constant<int, 1>{}, j);
     return {_mm512_reduce_min_epu32(smallest), _mm512_reduce_max_epu32(largest)};
   }
 #endif
@@ -335,13 +349,13 @@ void top_coefficients_by_rank(const scalar_t* row, int64_t n, int64_t count, int
   write_kept(keys, n, count, threshold, above_buffer, tie_buffer, picked);
   // Picks come in ascending index within equal keys, so a pick's rank is the picks with a larger key plus the
   // earlier picks with the same key.
+  K* picked_keys = scratch;  // the selection is done with it
+  for (int64_t i = 0; i < count; ++i) picked_keys[i] = keys[picked[i]];
   for (int64_t i = 0; i < count; ++i) {
-    const K key = keys[picked[i]];
+    const K key = picked_keys[i];
     int64_t rank = 0;
-    for (int64_t j = 0; j < count; ++j) {
-      const K other = keys[picked[j]];
-      rank += (other > key) | ((other == key) & (j < i));
-    }
+    for (int64_t j = 0; j < i; ++j) rank += picked_keys[j] >= key;
+    for (int64_t j = i + 1; j < count; ++j) rank += picked_keys[j] > key;
     rows[rank] = picked[i];
     weights[rank] = row[picked[i]];
   }
@@ -370,6 +384,9 @@ void predicted_top_keys_kernel(const at::Tensor& coefficients, const at::Tensor&
     for (int64_t r = begin; r < end; ++r) {
       const int64_t b = r / (heads * queries), h = (r / queries) % heads, q = r % queries;
       const scalar_t* row = coefficient_data + b * stride_b + h * stride_h + q * stride_q;
+      if (q + 1 < queries) {  // the next row, early: a slice of the softmax, it streams from beyond the L2 cache
+        for (int64_t i = 0; i < reduced; i += 64 / sizeof(scalar_t)) __builtin_prefetch(row + stride_q + i);
+      }
       top_coefficients_by_rank(row, reduced, coef_topk, chosen.data(), weights.data(), coefficient_keys.data(),
                                coefficient_above.data(), coefficient_ties.data(), picked.data(), scratch.data(), coefficient_hint);
       const auto [smallest, largest] = approximate_row_keys(basis_data, num_keys, chosen.data(), weights.data(),
@@ -467,19 +484,33 @@ void attend_row_avx512(const float* query, const float* keys, const float* value
     _mm512_mask_storeu_ps(logits + t0, valid, weight);
     total = _mm512_mask_add_ps(total, valid, total, weight);
   }
-  __m512 acc[VEC];
-  for (int v = 0; v < VEC; ++v) acc[v] = _mm512_setzero_ps();
+  // Two sets of accumulators, even and odd keys: one set's chain of dependent adds would set the pace.
+  __m512 acc[VEC], odd[VEC];
+  for (int v = 0; v < VEC; ++v) acc[v] = odd[v] = _mm512_setzero_ps();
   if (index) {
     for (int64_t t = 0; t < std::min<int64_t>(8, kept); ++t) prefetch_row<VEC>(values + index[t] * value_stride);
   }
-  for (int64_t t = 0; t < kept; ++t) {
-    if (index && t + 8 < kept) prefetch_row<VEC>(values + index[t + 8] * value_stride);
+  int64_t t = 0;
+  for (; t + 2 <= kept; t += 2) {
+    if (index && t + 9 < kept) {
+      prefetch_row<VEC>(values + index[t + 8] * value_stride);
+      prefetch_row<VEC>(values + index[t + 9] * value_stride);
+    }
+    const float* value = values + (index ? index[t] : t) * value_stride;
+    const float* next = values + (index ? index[t + 1] : t + 1) * value_stride;
+    const __m512 weight = _mm512_set1_ps(logits[t]), next_weight = _mm512_set1_ps(logits[t + 1]);
+    for (int v = 0; v < VEC; ++v) {
+      acc[v] = _mm512_fmadd_ps(weight, _mm512_loadu_ps(value + 16 * v), acc[v]);
+      odd[v] = _mm512_fmadd_ps(next_weight, _mm512_loadu_ps(next + 16 * v), odd[v]);
+    }
+  }
+  if (t < kept) {
     const float* value = values + (index ? index[t] : t) * value_stride;
     const __m512 weight = _mm512_set1_ps(logits[t]);
     for (int v = 0; v < VEC; ++v) acc[v] = _mm512_fmadd_ps(weight, _mm512_loadu_ps(value + 16 * v), acc[v]);
   }
   const __m512 inverse = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(total));
-  for (int v = 0; v < VEC; ++v) _mm512_storeu_ps(out + 16 * v, _mm512_mul_ps(acc[v], inverse));
+  for (int v = 0; v < VEC; ++v) _mm512_storeu_ps(out + 16 * v, _mm512_mul_ps(_mm512_add_ps(acc[v], odd[v]), inverse));
 }
 #endif
 
