@@ -572,6 +572,10 @@ void kept_key_attention_kernel(const at::Tensor& q, const at::Tensor& k, const a
       const int64_t b = r / (heads * queries), h = (r / queries) % heads, n = r % queries;
       const bool dense = n < dense_queries;
       const int64_t* index = dense ? nullptr : index_data + ((b * heads + h) * (queries - dense_queries) + n - dense_queries) * kept;
+      if (n + 1 < queries) {  // the next query row, early: the model's rows lie kilobytes apart, past the prefetchers
+        const scalar_t* next = q_data + b * qs.b + h * qs.h + (n + 1) * qs.n;
+        for (int64_t e = 0; e < width; e += 64 / sizeof(scalar_t)) __builtin_prefetch(next + e);
+      }
       attend_row<scalar_t>(q_data + b * qs.b + h * qs.h + n * qs.n, k_data + b * ks.b + h * ks.h,
                            v_data + b * vs.b + h * vs.h, ks.n, vs.n, index, dense ? num_keys : kept, width,
                            value_width, static_cast<scalar_t>(scale), logits.data(),
