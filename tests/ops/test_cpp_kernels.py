@@ -187,3 +187,13 @@ def test_an_export_traces_the_portable_paths_not_the_kernels():
     called = {str(node.target) for node in program.graph.nodes if node.op == "call_function"}
     assert not [target for target in called if "visionzoo" in target], called
     torch.testing.assert_close(program.module()(coefficients, basis, q, k, v), eager, rtol=1e-5, atol=1e-5)
+
+
+def test_build_name_follows_the_cpus_instruction_set(tmp_path):
+    # -march=native binaries from one CPU must not load on another that shares the cache directory.
+    avx2, avx512 = tmp_path / "avx2", tmp_path / "avx512"
+    avx2.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\n")
+    avx512.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma avx512f avx512bw\n")
+    assert _cpp._instruction_set_tag(avx2) != _cpp._instruction_set_tag(avx512)
+    assert _cpp._instruction_set_tag(avx2) == _cpp._instruction_set_tag(avx2)
+    assert _cpp.EXTENSION_NAME.endswith(_cpp._instruction_set_tag())

@@ -1,8 +1,8 @@
 """Hand-written C++ CPU kernels (``visionzoo/ops/cpu/*.cpp``), built just in time on first use.
 
 :func:`cpu_kernels` compiles them once per machine with ``torch.utils.cpp_extension.load`` (``-O3 -march=native``;
-torch caches the build under ``TORCH_EXTENSIONS_DIR``, ``~/.cache/torch_extensions`` by default, and rebuilds only
-when a source or flag changes). Nothing is built at ``import visionzoo``. When the build cannot run (no C++
+torch caches the build under ``TORCH_EXTENSIONS_DIR``, ``~/.cache/torch_extensions`` by default, under a name that
+carries the CPU's instruction-set flags, and rebuilds only when a source or flag changes). Nothing is built at ``import visionzoo``. When the build cannot run (no C++
 compiler, no ninja) one warning names the cause, :func:`cpu_kernels_available` answers False from then on and the
 backends that need the kernels stand aside for the plain-PyTorch ones.
 """
@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import os
+import platform
 import shutil
 import warnings
 from collections.abc import Iterator
@@ -22,8 +24,21 @@ import torch
 from visionzoo.ops._dispatch import package_importable
 
 SOURCES = [Path(__file__).parent / "cpu" / "sparsifiner_kernels.cpp"]
-EXTENSION_NAME = "visionzoo_cpu_kernels"
-# -march=native: the build cache is per machine. No fused multiply-add contraction: the predictor's scores must
+
+
+def _instruction_set_tag(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """A short digest of this CPU's instruction-set flags. The build is ``-march=native`` and torch keys its cache by
+    name, sources and flags only: a cache shared between machines (a network home) must not hand one CPU another's
+    binary, which would die on an illegal instruction instead of falling back."""
+    try:
+        flags = next(line for line in cpuinfo.read_text().splitlines() if line.startswith(("flags", "Features")))
+    except (OSError, StopIteration):
+        flags = f"{platform.machine()} {platform.processor()}"
+    return hashlib.sha256(flags.encode()).hexdigest()[:12]
+
+
+EXTENSION_NAME = f"visionzoo_cpu_kernels_{_instruction_set_tag()}"
+# -march=native: the name above keeps one CPU's build from another's. No fused multiply-add contraction: the predictor's scores must
 # round like the reference's separate ATen multiply and add, or near-tied keys could be chosen differently.
 CFLAGS = ["-O3", "-march=native", "-ffp-contract=off"]
 
