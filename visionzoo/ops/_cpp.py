@@ -95,3 +95,16 @@ def cpu_kernels() -> ModuleType:
     if isinstance(module, str):
         raise CppKernelsUnavailable(f"visionzoo's C++ CPU kernels are not built here ({module})")
     return module
+
+
+def cpu_kernels_can_run(*tensors: torch.Tensor) -> bool:
+    """Whether a C++ backend can run a call on these tensors: float32/64, no gradient asked (the kernels have no
+    backward), not traced for an export (an exported file cannot call a kernel built in this process), and the
+    kernels built here (building them on the first call). Backends use it as their ``supports``."""
+    if torch.compiler.is_exporting():
+        return False
+    if any(t.dtype not in (torch.float32, torch.float64) for t in tensors):
+        return False
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return False
+    return cpu_kernels_available()

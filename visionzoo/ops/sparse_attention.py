@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention.flex_attention import create_block_mask
 
-from visionzoo.ops._cpp import cpu_kernels, cpu_kernels_available
+from visionzoo.ops._cpp import cpu_kernels, cpu_kernels_available, cpu_kernels_can_run
 from visionzoo.ops._dispatch import Op, Sample, seeded_randn
 from visionzoo.ops._flex import FLEX_DEVICES, flex_attention, flex_is_fused
 
@@ -313,18 +313,6 @@ def _predictor_samples() -> list[Sample]:
     ]
 
 
-def _cpp_inference(*tensors: torch.Tensor) -> bool:
-    """Whether the C++ kernels can run a call on these tensors: built here, float32/64, no gradient asked, and not
-    traced for an export (an exported file cannot call a kernel built in this process)."""
-    if torch.compiler.is_exporting():
-        return False
-    if any(t.dtype not in (torch.float32, torch.float64) for t in tensors):
-        return False
-    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-        return False
-    return cpu_kernels_available()
-
-
 @torch.library.custom_op("visionzoo::cpp_predicted_top_keys", mutates_args=())
 def _cpp_predicted_top_keys(coefficients: torch.Tensor, basis: torch.Tensor, coef_topk: int,
                             kept: int) -> torch.Tensor:
@@ -337,7 +325,7 @@ def _(coefficients, basis, coef_topk, kept):
 
 
 def _cpp_predictor_supports(coefficients, basis, coef_topk, keep_rate) -> bool:
-    return _cpp_inference(coefficients.detach(), basis.detach())
+    return cpu_kernels_can_run(coefficients.detach(), basis.detach())
 
 
 @predicted_top_keys.register("cpp", priority=10, devices=("cpu",), portable=False, differentiable=False,
@@ -365,7 +353,7 @@ def _(q, k, v, key_index, scale, dense_queries):
 
 
 def _cpp_attention_supports(q, k, v, key_index, scale=None, dense_queries=0) -> bool:
-    return _cpp_inference(q, k, v)
+    return cpu_kernels_can_run(q, k, v)
 
 
 @sparse_topk_attention.register("kept_keys_cpp", priority=30, devices=("cpu",), portable=False,
