@@ -6,7 +6,9 @@
 # `python -m visionzoo.bench.speedup render` writes into docs/sparsifiner.md, docs/bench.md and the card.
 # One torch thread: on a shared machine, two OpenMP threads stall at every barrier of the sparse path's many small
 # parallel regions whenever the scheduler parks one of them, which measures the load, not the op.
-# Usage: `bash tools/sparsifiner_speed.sh` from the checkout root (about half an hour on two cores).
+# Ten or more alternating pairs per model comparison (--time-budget 12): the ratio moves by a few percent from one
+# process to the next (1.01x to 1.05x for the 384 eager pair on one idle machine), and five pairs leave it that loose.
+# Usage: `bash tools/sparsifiner_speed.sh` from the checkout root (about ten minutes on an idle machine).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PYTHON=${PYTHON:-$([ -x "$ROOT/.venv/bin/python" ] && echo "$ROOT/.venv/bin/python" || echo python3)}
@@ -23,7 +25,7 @@ for size_batch in "224 8" "384 4"; do
   runs+=("$OUT/ops-$size/ops.json")
   for mode in eager compiled; do
     compile=(); [ "$mode" = compiled ] && compile=(--compile)
-    "$PYTHON" -m visionzoo bench "$MODEL" --vs "$DENSE" "${settings[@]}" "${compile[@]}" --no-train --time-budget 3 \
+    "$PYTHON" -m visionzoo bench "$MODEL" --vs "$DENSE" "${settings[@]}" "${compile[@]}" --no-train --time-budget 12 \
       --output-dir "$OUT/model-$size-$mode"
     runs+=("$OUT/model-$size-$mode/bench.json")
   done
