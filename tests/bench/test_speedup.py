@@ -63,3 +63,23 @@ def test_render_refuses_a_file_without_markers(tmp_path):
     doc.write_text("no markers\n")
     with pytest.raises(SystemExit, match="speedup:start"):
         main(["render", str(results_path), "--markdown", str(doc)])
+
+
+def test_runs_of_one_comparison_in_several_processes_report_their_median_and_each_ratio(tmp_path):
+    runs = [_model_run(384, False, ratio) for ratio in (1.06, 0.98, 1.03)]
+    model = speedups(merge([], runs, "cmd"))[0]["model"]
+    assert [process["ratio"] for process in model["processes"]] == [1.06, 0.98, 1.03]
+    assert model["ratio"] == 1.03 and model["pairs"] == 18
+    assert model["p10"] == pytest.approx(0.88) and model["p90"] == pytest.approx(1.16)
+    results_path = tmp_path / "results.json"
+    results_path.write_text(json.dumps(merge([], runs, "cmd")))
+    doc = tmp_path / "doc.md"
+    doc.write_text(f"{MARKDOWN_MARKERS[0]}\n{MARKDOWN_MARKERS[1]}\n")
+    card = tmp_path / "card.yaml"
+    card.write_text(f"{CARD_MARKERS[0]}\n{CARD_MARKERS[1]}\n")
+    main(["render", str(results_path), "--markdown", str(doc), "--card", str(card)])
+    text = doc.read_text()
+    assert "1.03× deit_small_patch16_224 (median of 3 processes: 1.06 / 0.98 / 1.03; pairs 0.88–1.16" in text
+    assert "Command: <code>cmd</code>" in text
+    measured = yaml.safe_load(card.read_text())["measured_speedup"]["384 eager"]["model_vs_deit_small_patch16_224"]
+    assert measured["ratio"] == 1.03 and measured["processes"] == [1.06, 0.98, 1.03]
