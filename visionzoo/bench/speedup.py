@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 from pathlib import Path
 
 from visionzoo._markers import MarkerError, replace_marked_block
@@ -62,7 +63,7 @@ def speedups(results: dict) -> list[dict]:
             row["model"] = {"model": record["model"], "against": vs["against"], "batch": doc["settings"]["batch_size"],
                             "processes": []}
         row["model"]["processes"].append({"ratio": vs["speed_ratio"], "p10": vs["speed_ratio_p10"],
-                                   "p90": vs["speed_ratio_p90"], "pairs": vs["pairs"]})
+                                          "p90": vs["speed_ratio_p90"], "pairs": vs["pairs"]})
     for row in entries.values():
         if row["model"] is not None:
             row["model"].update(_across_processes(row["model"]["processes"]))
@@ -70,13 +71,11 @@ def speedups(results: dict) -> list[dict]:
 
 
 def _across_processes(processes: list[dict]) -> dict:
-    """One comparison run in several processes: the median of their ratios (the middle one's: an odd count is the
-    usual), the widest p10–p90 of their pairs and the pairs in all. Each process places the two models' weights and
-    buffers anew, and that moves the ratio by a few percent, more than the pairs within one process show."""
-    ratios = sorted(process["ratio"] for process in processes)
-    middle = len(ratios) // 2
-    median = ratios[middle] if len(ratios) % 2 else (ratios[middle - 1] + ratios[middle]) / 2
-    return {"ratio": median, "p10": min(process["p10"] for process in processes),
+    """One comparison run in several processes: the median of their ratios, the widest p10–p90 of their pairs and
+    the pairs in all. The ratio moves by a few percent from one process to the next, more than the pairs within one
+    process show."""
+    return {"ratio": statistics.median(process["ratio"] for process in processes),
+            "p10": min(process["p10"] for process in processes),
             "p90": max(process["p90"] for process in processes), "pairs": sum(p["pairs"] for p in processes)}
 
 

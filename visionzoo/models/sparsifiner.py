@@ -25,6 +25,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from torch import nn
 
 from visionzoo.layers.drop import DropPath, drop_path_rates
+from visionzoo.layers.inference_cache import InferenceCache
 from visionzoo.layers.mlp import Mlp
 from visionzoo.layers.patch_embed import PatchEmbed
 from visionzoo.layers.pos_embed import grid_pos_embed, resample_grid_embed
@@ -109,8 +110,7 @@ class SparsifinerMaskPredictor(nn.Module):
         self.proj_back_n = nn.Parameter(torch.empty(num_tokens, reduced_tokens, device=device, dtype=dtype))
         nn.init.trunc_normal_(self.proj_n, std=0.02)
         nn.init.trunc_normal_(self.proj_back_n, std=0.02)
-        # (grid size, trained grid) → (the tables' version stamp, down-projection, basis): see _selection_tables.
-        self._selection_cache: dict[tuple, tuple] = {}
+        self._selection_cache = InferenceCache(SELECTION_CACHE_SIZES)
 
     def _tables(self, grid_size: tuple[int, int], trained_grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         """The down- and up-projections (1 + H·W, n) for a ``grid_size`` patch grid."""
@@ -128,27 +128,15 @@ class SparsifinerMaskPredictor(nn.Module):
 
     def _selection_tables(self, grid_size: tuple[int, int],
                           trained_grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """The down-projection and the thresholded basis that :meth:`kept_keys` uses. Where no graph is recorded
-        (``no_grad``, ``inference_mode``; not traced, compiled or exported) they are made once per grid size and
-        parameter version: resampling and thresholding both tables at every call cost a 224-trained DeiT-S 6 ms
-        per forward at 384."""
-        concrete = all(isinstance(side, int) for side in (*grid_size, *trained_grid))
-        if (torch.is_grad_enabled() or not concrete or torch.jit.is_tracing() or torch.compiler.is_compiling()
-                or torch.compiler.is_exporting()):
+        """The down-projection and the thresholded basis that :meth:`kept_keys` uses, kept between inference calls
+        (resampling and thresholding both tables at every call cost a 224-trained DeiT-S 6 ms per forward at 384)."""
+
+        def make() -> tuple[torch.Tensor, torch.Tensor]:
             down, up = self._tables(grid_size, trained_grid)
             return down, self._basis(up)
-        stamp = tuple((table._version, table.data_ptr(), table.device, table.dtype)
-                      for table in (self.proj_n, self.proj_back_n))
-        key = (tuple(grid_size), tuple(trained_grid))
-        cached = self._selection_cache.get(key)
-        if cached is None or cached[0] != stamp:
-            down, up = self._tables(grid_size, trained_grid)
-            cached = (stamp, down, self._basis(up))
-        self._selection_cache.pop(key, None)
-        self._selection_cache[key] = cached  # most recent last: a detector's many input sizes evict the oldest
-        while len(self._selection_cache) > SELECTION_CACHE_SIZES:
-            self._selection_cache.pop(next(iter(self._selection_cache)))
-        return cached[1], cached[2]
+
+        return self._selection_cache.get((tuple(grid_size), tuple(trained_grid)), (self.proj_n, self.proj_back_n),
+                                         make)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, grid_size: tuple[int, int], trained_grid: tuple[int, int],
                 reconstruction: bool = False) -> torch.Tensor:

@@ -2,9 +2,10 @@
 
 :func:`cpu_kernels` compiles them once per machine with ``torch.utils.cpp_extension.load`` (``-O3 -march=native``;
 torch caches the build under ``TORCH_EXTENSIONS_DIR``, ``~/.cache/torch_extensions`` by default, under a name that
-carries the CPU's instruction-set flags, and rebuilds only when a source or flag changes). Nothing is built at ``import visionzoo``. When the build cannot run (no C++
-compiler, no ninja) one warning names the cause, :func:`cpu_kernels_available` answers False from then on and the
-backends that need the kernels stand aside for the plain-PyTorch ones.
+carries the CPU's instruction-set flags, and rebuilds only when a source or flag changes). Nothing is built at
+``import visionzoo``. When the build cannot run (no C++ compiler, no ninja) one warning names the cause,
+:func:`cpu_kernels_available` answers False from then on and the backends that need the kernels stand aside for the
+plain-PyTorch ones.
 """
 from __future__ import annotations
 
@@ -38,8 +39,9 @@ def _instruction_set_tag(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
 
 
 EXTENSION_NAME = f"visionzoo_cpu_kernels_{_instruction_set_tag()}"
-# -march=native: the name above keeps one CPU's build from another's. No fused multiply-add contraction: the predictor's scores must
-# round like the reference's separate ATen multiply and add, or near-tied keys could be chosen differently.
+# -march=native: the name above keeps one CPU's build from another's. No fused multiply-add contraction: the
+# predictor's scores must round like the reference's separate ATen multiply and add, or near-tied keys could be
+# chosen differently.
 CFLAGS = ["-O3", "-march=native", "-ffp-contract=off"]
 
 

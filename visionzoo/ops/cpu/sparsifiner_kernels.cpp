@@ -55,25 +55,6 @@ inline scalar_t key_value(key_t<scalar_t> key) {
   return value;
 }
 
-template <typename K>
-inline int64_t count_at_least(const K* keys, int64_t n, K pivot) {
-  int64_t count = 0;
-#ifdef __AVX512F__
-  if constexpr (sizeof(K) == 4) {
-    const __m512i p = _mm512_set1_epi32(static_cast<int>(pivot));
-    int64_t j = 0;
-    for (; j + 16 <= n; j += 16) {
-      count += __builtin_popcount(_mm512_cmpge_epu32_mask(_mm512_loadu_si512(keys + j), p));
-    }
-    const __mmask16 tail = static_cast<__mmask16>((1u << (n - j)) - 1u);
-    count += __builtin_popcount(_mm512_mask_cmpge_epu32_mask(tail, _mm512_maskz_loadu_epi32(tail, keys + j), p));
-    return count;
-  }
-#endif
-  for (int64_t j = 0; j < n; ++j) count += keys[j] >= pivot;
-  return count;
-}
-
 // The keys at or above each of three pivots, in one sweep.
 template <typename K>
 inline void count_at_least_3(const K* keys, int64_t n, const K* pivots, int64_t* counts) {
